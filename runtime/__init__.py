@@ -1,0 +1,54 @@
+"""lucidity: mark a function `@job`, run `lucidity-gen`, run it on a cluster.
+
+The public surface is this module's `__all__`; every other name is internal.
+Importing `lucidity` loads neither libcst, jinja2 nor black.
+"""
+
+from __future__ import annotations
+
+from lucidity._decorator import job
+from lucidity._options import JobOptions, OptionError
+from lucidity.errors import (
+    ClusterError,
+    JobCancelledError,
+    JobTimeoutError,
+    LucidityError,
+    NoNodesError,
+    RemoteError,
+)
+from lucidity.job import Job
+
+__all__ = [
+    "ClusterError",
+    "Job",
+    "JobCancelledError",
+    "JobOptions",
+    "JobTimeoutError",
+    "LucidityError",
+    "NoNodesError",
+    "OptionError",
+    "RemoteError",
+    "connect",
+    "job",
+    "shutdown",
+]
+
+__version__ = "0.1.0"
+
+
+def connect(address: str) -> None:
+    """Use the cluster whose control daemon listens at `address`.
+
+    Call before the first job; without it (and without `LUCIDITY_CONTROL`),
+    an embedded cluster starts on first use.
+    """
+    from lucidity.client import connect as _connect
+
+    _connect(address)
+
+
+def shutdown() -> None:
+    """Close this process's client (and its embedded cluster, if any)."""
+    from lucidity.client import shutdown as _shutdown
+
+    _shutdown()

@@ -1,0 +1,77 @@
+"""The seam between generated modules and the runtime.
+
+A generated `*_jobs.py` module imports only this module: each generated
+function is one call into it. Retries, timeouts, placement and fanout live
+here (and below, in the client), never in generated code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Generic, TypeVar
+
+from lucidity._options import JobOptions, validate_options
+from lucidity.job import Job
+
+__all__ = [
+    "JobRef",
+    "fanout",
+    "run_local",
+    "run_remote",
+    "submit_local",
+    "submit_remote",
+]
+
+T = TypeVar("T")
+
+
+class JobRef(Generic[T]):
+    """A job named by reference (`"pkg.mod:f"`) with its validated options.
+
+    Generated code builds one per job at import time, e.g.
+    `_square: JobRef[int] = JobRef("app.geometry:square", {"fanout": "random"})`;
+    it never imports the job's own module.
+    """
+
+    __slots__ = ("target", "options")
+
+    def __init__(self, target: str, options: Mapping[str, object] | None = None):
+        module, sep, name = target.partition(":")
+        if not (module and sep and name):
+            raise ValueError(f"job target {target!r} is not of the form 'pkg.mod:func'")
+        self.target = target
+        self.options: JobOptions = validate_options(options or {})
+
+    def __repr__(self) -> str:
+        return f"JobRef({self.target!r})"
+
+
+def submit_local(ref: JobRef[T], args: tuple[Any, ...]) -> Job[T]:
+    """Start `ref(*args)` on this process's own node; return its handle."""
+    from lucidity.client import get_client
+
+    return get_client().submit(ref.target, ref.options, args, local=True)
+
+
+def submit_remote(ref: JobRef[T], args: tuple[Any, ...]) -> Job[T]:
+    """Start `ref(*args)` on a random live node; return its handle."""
+    from lucidity.client import get_client
+
+    return get_client().submit(ref.target, ref.options, args, local=False)
+
+
+def run_local(ref: JobRef[T], args: tuple[Any, ...]) -> T:
+    """Run `ref(*args)` on this process's own node and wait for it."""
+    return submit_local(ref, args).await_get()
+
+
+def run_remote(ref: JobRef[T], args: tuple[Any, ...]) -> T:
+    """Run `ref(*args)` on a random live node and wait for it."""
+    return submit_remote(ref, args).await_get()
+
+
+def fanout(ref: JobRef[T], items: Iterable[tuple[Any, ...]]) -> list[T]:
+    """Run `ref(*item)` for every item over the nodes; results in input order."""
+    from lucidity.client import get_client
+
+    return get_client().fanout(ref.target, ref.options, items)
