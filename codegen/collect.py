@@ -16,9 +16,8 @@ positional tuple, which suits them.
 from __future__ import annotations
 
 import ast
-import builtins
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -29,28 +28,15 @@ from libcst.metadata import (
     QualifiedNameProvider,
 )
 from lucidity._options import OPTION_NAMES, OptionError, validate_options
+from lucidity.codegen import imports
 from lucidity.codegen.errors import SourceError
-from lucidity.codegen.model import ANY, GeneratedModule, JobSpec, Param, ParamKind
+from lucidity.codegen.model import GeneratedModule, JobSpec, Param, ParamKind
 
 __all__ = ["JOB_QUALIFIED_NAME", "Collected", "collect"]
 
 JOB_QUALIFIED_NAME = "lucidity.job"
 
 _EMPTY = cst.Module(body=[])
-_BUILTINS = frozenset(dir(builtins))
-
-# Names the generated module binds itself, with the imports that bind them to
-# the very same object: a source annotation spelled with one of these names is
-# fine when it means the same thing, and a clash otherwise.
-_OWN_NAMES: dict[str, frozenset[str]] = {
-    "annotations": frozenset(),
-    "TYPE_CHECKING": frozenset({"from typing import TYPE_CHECKING"}),
-    ANY: frozenset({"from typing import Any", "from typing_extensions import Any"}),
-    "Iterable": frozenset(
-        {"from collections.abc import Iterable", "from typing import Iterable"}
-    ),
-    "Job": frozenset({"from lucidity import Job"}),
-}
 
 
 @dataclass(frozen=True)
@@ -83,9 +69,12 @@ def collect(
     errors = list(finder.errors)
     if not finder.jobs:
         return Collected(None, tuple(errors))
-    imports = _ImportTable.of(tree)
-    type_imports, uses_any, import_errors = _type_imports(
-        finder.jobs, imports, module, path, wrapper.resolve(PositionProvider)
+    type_imports, uses_any, import_errors = imports.type_imports(
+        [imports.Annotated(job.name, tuple(job.annotations)) for job in finder.jobs],
+        imports.ImportTable.of(tree),
+        module,
+        path,
+        wrapper.resolve(PositionProvider),
     )
     errors.extend(import_errors)
     if errors:
@@ -174,8 +163,10 @@ class _JobFinder(cst.CSTVisitor):
     # ---- helpers
 
     def _is_job(self, expr: cst.BaseExpression) -> bool:
+        # Every binding the name may have must be lucidity's: a module that
+        # rebinds `job` (say `def job(f): ...` after the import) is not marking.
         names = self.get_metadata(QualifiedNameProvider, expr, set())
-        return any(q.name == JOB_QUALIFIED_NAME for q in names)
+        return bool(names) and all(q.name == JOB_QUALIFIED_NAME for q in names)
 
     def _error(self, node: cst.CSTNode, message: str) -> None:
         where: CodeRange = self.get_metadata(PositionProvider, node)
@@ -332,11 +323,12 @@ class _JobFinder(cst.CSTVisitor):
             for param in group:
                 default = None
                 if param.default is not None:
-                    if _is_literal_default(param.default):
+                    offender = _non_literal(param.default)
+                    if offender is None:
                         default = _code(param.default)
                     else:
                         self._error(
-                            param.default,
+                            offender,
                             f"default of parameter {param.name.value!r} of @job "
                             f"function {name!r} is not a literal; defaults of jobs "
                             "must be literals (numbers, strings, bytes, None, "
@@ -448,23 +440,29 @@ def _first_yield(body: cst.BaseSuite) -> cst.CSTNode | None:
     return finder.found
 
 
-def _is_literal_default(expr: cst.BaseExpression) -> bool:
+def _non_literal(expr: cst.BaseExpression) -> cst.CSTNode | None:
+    """The part of a default that is not a literal, or None if it all is."""
     if isinstance(expr, (cst.Integer, cst.Float, cst.Imaginary, cst.SimpleString)):
-        return True
+        return None
     if isinstance(expr, cst.ConcatenatedString):
-        return expr.evaluated_value is not None  # None: it holds an f-string
+        # evaluated_value is None when a part is an f-string.
+        return None if expr.evaluated_value is not None else expr
     if isinstance(expr, cst.Name):
-        return expr.value in ("None", "True", "False")
+        return None if expr.value in ("None", "True", "False") else expr
     if isinstance(expr, cst.UnaryOperation):
-        return isinstance(expr.operator, (cst.Minus, cst.Plus)) and isinstance(
+        number = isinstance(expr.operator, (cst.Minus, cst.Plus)) and isinstance(
             expr.expression, (cst.Integer, cst.Float, cst.Imaginary)
         )
+        return None if number else expr
     if isinstance(expr, cst.Tuple):
-        return all(
-            isinstance(el, cst.Element) and _is_literal_default(el.value)
-            for el in expr.elements
-        )
-    return False
+        for element in expr.elements:
+            if not isinstance(element, cst.Element):  # `*rest`
+                return element
+            offender = _non_literal(element.value)
+            if offender is not None:
+                return offender
+        return None
+    return expr
 
 
 def _evaluate(expr: cst.BaseExpression) -> object:
@@ -509,213 +507,6 @@ def _number(value: object) -> int | float:
     raise _NotLiteral
 
 
-# ----------------------------------------------------------------------- imports
-
-
-@dataclass
-class _ImportTable:
-    """Module-level bindings of the source: name -> the imports that bind it.
-
-    A name bound by the module itself (def, class, assignment) maps to None: the
-    stubs import it from the source module, under TYPE_CHECKING only.
-    """
-
-    bindings: dict[str, list[str] | None]
-
-    @classmethod
-    def of(cls, tree: cst.Module) -> _ImportTable:
-        table = cls({})
-        table._statements(tree.body)
-        return table
-
-    def _statements(self, body: Sequence[cst.CSTNode]) -> None:
-        for stmt in body:
-            if isinstance(stmt, cst.SimpleStatementLine):
-                for small in stmt.body:
-                    self._small(small)
-            elif isinstance(stmt, (cst.FunctionDef, cst.ClassDef)):
-                self.bindings[stmt.name.value] = None
-            elif isinstance(stmt, (cst.If, cst.Try, cst.With)):
-                # `if TYPE_CHECKING:` and `try: import x` bind at module level too.
-                for block in _blocks(stmt):
-                    self._statements(block)
-
-    def _small(self, small: cst.BaseSmallStatement) -> None:
-        if isinstance(small, cst.Import):
-            for alias in small.names:
-                dotted = _code(alias.name)
-                if alias.asname is not None:
-                    bound = _code(alias.asname.name)
-                    self.bindings[bound] = [f"import {dotted} as {bound}"]
-                else:
-                    root = dotted.split(".")[0]
-                    existing = self.bindings.get(root)
-                    statement = f"import {dotted}"
-                    if existing is not None and statement not in existing:
-                        existing.append(statement)
-                    else:
-                        self.bindings[root] = [statement]
-        elif isinstance(small, cst.ImportFrom):
-            module = "." * len(small.relative) + (
-                _code(small.module) if small.module is not None else ""
-            )
-            if module == "__future__" or isinstance(small.names, cst.ImportStar):
-                return
-            for alias in small.names:
-                name = _code(alias.name)
-                if alias.asname is not None:
-                    bound = _code(alias.asname.name)
-                    statement = f"from {module} import {name} as {bound}"
-                else:
-                    bound, statement = name, f"from {module} import {name}"
-                self.bindings[bound] = [statement]
-        elif isinstance(small, cst.Assign):
-            for target in small.targets:
-                for bound in _bound_names(target.target):
-                    self.bindings[bound] = None
-        elif isinstance(small, (cst.AnnAssign, cst.AugAssign)):
-            for bound in _bound_names(small.target):
-                self.bindings[bound] = None
-        elif isinstance(small, cst.TypeAlias):  # `type X = ...` (3.12)
-            self.bindings[small.name.value] = None
-
-
-def _blocks(stmt: cst.If | cst.Try | cst.With) -> Iterator[Sequence[cst.CSTNode]]:
-    yield stmt.body.body
-    if isinstance(stmt, cst.If):
-        orelse = stmt.orelse
-        if isinstance(orelse, cst.If):
-            yield from _blocks(orelse)
-        elif orelse is not None:
-            yield orelse.body.body
-    elif isinstance(stmt, cst.Try):
-        for handler in stmt.handlers:
-            yield handler.body.body
-        if stmt.orelse is not None:
-            yield stmt.orelse.body.body
-        if stmt.finalbody is not None:
-            yield stmt.finalbody.body.body
-
-
-def _bound_names(target: cst.BaseExpression) -> Iterator[str]:
-    if isinstance(target, cst.Name):
-        yield target.value
-    elif isinstance(target, (cst.Tuple, cst.List)):
-        for element in target.elements:
-            yield from _bound_names(element.value)
-
-
-class _AnnotationNames(cst.CSTVisitor):
-    """The root names an annotation uses: `Decimal`, `np` in `np.ndarray`.
-
-    Forward references (`"Point"`) are parsed and searched too, except the
-    strings of `Literal[...]` and the metadata of `Annotated[...]`.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        # (name, where it is written): a forward reference's names are
-        # reported at the string holding them.
-        self.names: list[tuple[str, cst.CSTNode]] = []
-        self._anchor: cst.CSTNode | None = None
-
-    def visit_Attribute(self, node: cst.Attribute) -> bool:
-        node.value.visit(self)
-        return False
-
-    def visit_Name(self, node: cst.Name) -> None:
-        self.names.append((node.value, self._anchor or node))
-
-    def visit_Subscript(self, node: cst.Subscript) -> bool:
-        head = node.value
-        last = head.attr.value if isinstance(head, cst.Attribute) else None
-        if isinstance(head, cst.Name):
-            last = head.value
-        head.visit(self)
-        for i, element in enumerate(node.slice):
-            if last == "Literal" or (last == "Annotated" and i > 0):
-                element.visit(_NonStringNames(self))
-            else:
-                element.visit(self)
-        return False
-
-    def visit_SimpleString(self, node: cst.SimpleString) -> None:
-        value = node.evaluated_value
-        if isinstance(value, str):
-            try:
-                parsed = cst.parse_expression(value.strip())
-            except cst.ParserSyntaxError:
-                return
-            outer, self._anchor = self._anchor, self._anchor or node
-            parsed.visit(self)
-            self._anchor = outer
-
-
-class _NonStringNames(cst.CSTVisitor):
-    """Names inside a `Literal[...]`/`Annotated` metadata element, strings skipped."""
-
-    def __init__(self, outer: _AnnotationNames) -> None:
-        super().__init__()
-        self.outer = outer
-
-    def visit_SimpleString(self, node: cst.SimpleString) -> bool:
-        return False
-
-    def visit_Attribute(self, node: cst.Attribute) -> bool:
-        node.value.visit(self)
-        return False
-
-    def visit_Name(self, node: cst.Name) -> None:
-        self.outer.names.append((node.value, self.outer._anchor or node))
-
-
-def _type_imports(
-    jobs: Sequence[_FoundJob],
-    imports: _ImportTable,
-    module: str,
-    path: str,
-    positions: Mapping[cst.CSTNode, CodeRange],
-) -> tuple[tuple[str, ...], bool, list[SourceError]]:
-    """The TYPE_CHECKING imports the stubs' annotations need, in source order."""
-    statements: list[str] = []
-    local: set[str] = set()
-    uses_any = False
-    errors: list[SourceError] = []
-    for job in jobs:
-        finder = _AnnotationNames()
-        for annotation in job.annotations:
-            annotation.visit(finder)
-        for name, node in finder.names:
-            binding = imports.bindings.get(name, [])
-            if name not in imports.bindings and name in _BUILTINS:
-                continue
-            if name in _OWN_NAMES:
-                if binding and set(binding) <= _OWN_NAMES[name]:
-                    uses_any = uses_any or name == ANY
-                    continue
-                where = positions[node].start
-                errors.append(
-                    SourceError(
-                        path,
-                        where.line,
-                        where.column + 1,
-                        f"@job function {job.name!r}: annotation name {name!r} "
-                        "clashes with a name the generated module defines; import "
-                        "it under another name",
-                    )
-                )
-                continue
-            if binding:
-                statements.extend(s for s in binding if s not in statements)
-            else:
-                # Defined by the module itself (or unknown, e.g. star-imported):
-                # import it from the source module, for the type checker only.
-                local.add(name)
-    if local:
-        statements.append(f"from {module} import {', '.join(sorted(local))}")
-    return tuple(statements), uses_any, errors
-
-
 def _module_names(jobs: Sequence[_FoundJob]) -> tuple[str, dict[str, str]]:
     """Module-level names no parameter or annotation can shadow.
 
@@ -723,13 +514,10 @@ def _module_names(jobs: Sequence[_FoundJob]) -> tuple[str, dict[str, str]]:
     neither may equal a parameter of any stub, an imported annotation name, or
     another generated name; a clash is avoided by appending underscores.
     """
-    taken = set(_OWN_NAMES)
+    taken = set(imports.OWN_NAMES)
     for job in jobs:
         taken.update(p.name for p in job.params)
-        finder = _AnnotationNames()
-        for annotation in job.annotations:
-            annotation.visit(finder)
-        taken.update(name for name, _ in finder.names)
+        taken.update(name for name, _ in imports.annotation_names(job.annotations))
         taken.update(
             f"{job.name}{suffix}"
             for suffix in (

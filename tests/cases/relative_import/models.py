@@ -1,0 +1,7 @@
+from dataclasses import dataclass
+
+
+@dataclass
+class Shape:
+    width: float
+    height: float

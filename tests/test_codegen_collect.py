@@ -1,0 +1,507 @@
+"""The collector: which functions are jobs, and the errors for what cannot be."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+import pytest
+from lucidity.codegen.collect import collect
+from lucidity.codegen.model import ParamKind
+
+PATH = "app/geometry.py"
+
+
+def _collect(source: str):  # type: ignore[no-untyped-def]
+    return collect(
+        textwrap.dedent(source).lstrip("\n").encode(),
+        PATH,
+        "app.geometry",
+        "app/geometry.py",
+        "lucidity-gen app/geometry.py",
+    )
+
+
+def jobs(source: str) -> list[str]:
+    result = _collect(source)
+    assert result.errors == (), [str(e) for e in result.errors]
+    return [] if result.module is None else [j.name for j in result.module.jobs]
+
+
+def errors(source: str) -> list[str]:
+    result = _collect(source)
+    assert result.module is None
+    return [str(e) for e in result.errors]
+
+
+# ---------------------------------------------------------------- marker spellings
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from lucidity import job\n@job\ndef f(a: int) -> int: ...\n",
+        "from lucidity import job\n@job()\ndef f(a: int) -> int: ...\n",
+        "from lucidity import job\n@job(fanout='random')\ndef f(a: int) -> int: ...\n",
+        "from lucidity import job as task\n@task\ndef f(a: int) -> int: ...\n",
+        "from lucidity import job as task\n@task(retries=1)\ndef f(a: int) -> int: ...\n",
+        "import lucidity\n@lucidity.job\ndef f(a: int) -> int: ...\n",
+        "import lucidity\n@lucidity.job(memory=None)\ndef f(a: int) -> int: ...\n",
+        "import lucidity as lu\n@lu.job\ndef f(a: int) -> int: ...\n",
+        "import lucidity as lu\n@lu.job(fuel=3)\ndef f(a: int) -> int: ...\n",
+        # Another decorator around it does not hide the mark.
+        "import functools\nfrom lucidity import job\n@job\n@functools.cache\n"
+        "def f(a: int) -> int: ...\n",
+        # Defined under a module-level `if`: still importable by reference.
+        "import sys\nfrom lucidity import job\nif sys.platform:\n    @job\n"
+        "    def f(a: int) -> int: ...\n",
+    ],
+)
+def test_every_spelling_of_the_marker_is_a_job(source: str) -> None:
+    assert jobs(source) == ["f"]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from celery import job\n@job\ndef f(a: int) -> int: ...\n",
+        "from celery import job\nimport lucidity\n@job(fanout='random')\n"
+        "def f(a: int) -> int: ...\n",
+        "import lucidity\ndef job(f): return f\n@job\ndef f(a: int) -> int: ...\n",
+        "import lucidity\nfrom mylib import lucidity as other\n@other.job\n"
+        "def f(a: int) -> int: ...\n",
+        "import lucidity\n@lucidity.jobs\ndef f(a: int) -> int: ...\n",
+        # Mentioning lucidity is not enough.
+        "# lucidity\n@job\ndef f(a: int) -> int: ...\n",
+    ],
+)
+def test_a_foreign_job_is_not_a_job(source: str) -> None:
+    assert jobs(source) == []
+
+
+def test_a_local_job_shadowing_the_import_is_not_a_job() -> None:
+    source = """
+        from lucidity import job
+
+        def job(f):
+            return f
+
+        @job
+        def f(a: int) -> int: ...
+    """
+    assert jobs(source) == []
+
+
+def test_jobs_are_kept_in_source_order_with_their_ir() -> None:
+    result = _collect("""
+        from lucidity import job
+
+        @job(memory=200 * 1024 * 1024, fanout="random", retries=0)
+        def second(a: int, /, b: str = "x") -> float: ...
+
+        @job
+        def first() -> None: ...
+        """)
+    assert result.module is not None
+    second, first = result.module.jobs
+    assert (second.name, first.name) == ("second", "first")
+    assert second.target == "app.geometry:second"
+    # Non-default options only, in OPTION_NAMES order, as written.
+    assert second.options == (("memory", "200 * 1024 * 1024"), ("fanout", '"random"'))
+    assert [p.kind for p in second.params] == [
+        ParamKind.POSITIONAL_ONLY,
+        ParamKind.POSITIONAL_OR_KEYWORD,
+    ]
+    assert second.signature == 'a: int, /, b: str = "x"'
+    assert first.params == () and first.options == ()
+
+
+# ------------------------------------------------------------------ refused shapes
+
+
+def test_async_def() -> None:
+    assert (
+        errors("""
+        from lucidity import job
+
+        @job
+        async def fetch(url: str) -> bytes: ...
+        """)
+        == [
+            "app/geometry.py:4:1: @job function 'fetch' is async def; jobs must be "
+            "plain def functions (call asyncio.run inside the job if it needs a loop)"
+        ]
+    )
+
+
+def test_generator() -> None:
+    assert (
+        errors("""
+        from lucidity import job
+
+        @job
+        def numbers(n: int) -> int:
+            def inner():
+                yield 1  # a nested generator is fine
+            squares = (i * i for i in range(n))
+            f = lambda: (yield)
+            yield from squares
+        """)
+        == [
+            "app/geometry.py:9:5: @job function 'numbers' is a generator; jobs must "
+            "return their result: return a list instead of yielding"
+        ]
+    )
+
+
+def test_a_yield_only_in_nested_scopes_is_not_a_generator() -> None:
+    source = """
+        from lucidity import job
+
+        @job
+        def f(n: int) -> list[int]:
+            def inner():
+                yield n
+            class C:
+                def g(self):
+                    yield 2
+            return list(inner())
+    """
+    assert jobs(source) == ["f"]
+
+
+def test_method() -> None:
+    assert (
+        errors("""
+        from lucidity import job
+
+        class Shapes:
+            @job
+            def area(self, w: float) -> float: ...
+        """)
+        == [
+            "app/geometry.py:5:5: @job function 'area' is a method; only module-level "
+            "functions can be jobs (they are run by reference): move it out of the class"
+        ]
+    )
+
+
+def test_nested_function() -> None:
+    assert (
+        errors("""
+        from lucidity import job
+
+        def outer() -> None:
+            @job
+            def inner(a: int) -> int: ...
+        """)
+        == [
+            "app/geometry.py:5:5: @job function 'inner' is nested inside a function; "
+            "only module-level functions can be jobs (they are run by reference): move "
+            "it to the module level"
+        ]
+    )
+
+
+def test_a_job_may_define_functions_inside() -> None:
+    source = """
+        from lucidity import job
+
+        @job
+        def outer(a: int) -> int:
+            def helper(x: int) -> int:
+                return x
+            return helper(a)
+    """
+    assert jobs(source) == ["outer"]
+
+
+def test_class() -> None:
+    assert (
+        errors("""
+        from lucidity import job
+
+        @job
+        class Task: ...
+        """)
+        == [
+            "app/geometry.py:3:1: @job applied to class 'Task'; only module-level def "
+            "functions can be jobs"
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "square = job(lambda a: a * a)",
+        "square = job(fanout='random')(lambda a: a * a)",
+    ],
+)
+def test_lambda(line: str) -> None:
+    col = line.index("lambda") + 1
+    assert errors(f"import lucidity\nfrom lucidity import job\n{line}\n") == [
+        f"app/geometry.py:3:{col}: @job applied to a lambda; jobs are run by "
+        "reference ('pkg.mod:f'): define a module-level def and decorate it with @job"
+    ]
+
+
+def test_a_foreign_job_may_take_a_lambda() -> None:
+    assert jobs("import lucidity\nfrom celery import job\nf = job(lambda a: a)\n") == []
+
+
+def test_job_called_directly_on_a_function() -> None:
+    assert (
+        errors("""
+        from lucidity import job
+
+        def square(a: int) -> int: ...
+
+        square_job = job(square)
+        """)
+        == [
+            "app/geometry.py:5:14: job(...) called directly; lucidity-gen only sees @job "
+            "used as a decorator: put @job above a module-level def"
+        ]
+    )
+
+
+def test_star_args() -> None:
+    assert (
+        errors("""
+        from lucidity import job
+
+        @job
+        def square(a: int, *args: int) -> int: ...
+        """)
+        == [
+            "app/geometry.py:4:20: @job function 'square' takes *args; jobs need "
+            "explicit parameters"
+        ]
+    )
+
+
+def test_star_kwargs() -> None:
+    assert (
+        errors("""
+        from lucidity import job
+
+        @job
+        def square(a: int, **options: int) -> int: ...
+        """)
+        == [
+            "app/geometry.py:4:20: @job function 'square' takes **options; jobs need "
+            "explicit parameters"
+        ]
+    )
+
+
+def test_keyword_only() -> None:
+    assert (
+        errors("""
+        from lucidity import job
+
+        @job
+        def square(a: int, *, scale: int = 1) -> int: ...
+        """)
+        == [
+            "app/geometry.py:4:23: @job function 'square' has keyword-only parameter "
+            "'scale'; jobs take positional arguments (a fanout passes tuples): move it "
+            "before the '*'"
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("default", "offender"),
+    [
+        ("[]", "[]"),
+        ("{}", "{}"),
+        ("SIZE", "SIZE"),
+        ("f(1)", "f(1)"),
+        ("1 + 2", "1 + 2"),
+        ("f'{x}'", "f'{x}'"),
+        ("(1, [2])", "[2]"),
+        ("-x", "-x"),
+    ],
+)
+def test_non_literal_default(default: str, offender: str) -> None:
+    source = (
+        f"from lucidity import job\n@job\ndef square(a: int = {default}) -> int: ...\n"
+    )
+    line = source.splitlines()[2]
+    col = line.index(offender, line.index(" = ")) + 1
+    assert errors(source) == [
+        f"app/geometry.py:3:{col}: default of parameter 'a' of @job function "
+        "'square' is not a literal; defaults of jobs must be literals (numbers, "
+        "strings, bytes, None, True, False or tuples of these) so the stubs can "
+        "repeat them"
+    ]
+
+
+@pytest.mark.parametrize(
+    "default",
+    [
+        "1",
+        "-1",
+        "+2.5",
+        "1j",
+        "'s'",
+        "b'b'",
+        "'a' 'b'",
+        "None",
+        "True",
+        "(1, 'x')",
+        "()",
+    ],
+)
+def test_literal_defaults_are_kept(default: str) -> None:
+    result = _collect(
+        f"from lucidity import job\n@job\ndef f(a: int = {default}): ...\n"
+    )
+    assert result.module is not None
+    assert result.module.jobs[0].params[0].default == default
+
+
+def test_unknown_option() -> None:
+    assert (
+        errors("""
+        from lucidity import job
+
+        @job(fanout="random", colour="blue")
+        def square(a: int) -> int: ...
+        """)
+        == [
+            "app/geometry.py:3:23: unknown @job option 'colour'; allowed options: "
+            "init_retry_interval_ms, sync_retry_interval_ms, async_init_retry_interval_ms, "
+            "async_get_retry_interval_ms, async_set_retry_interval_ms, "
+            "shutdown_retry_interval_ms, memory, fuel, fanout, timeout, retries"
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (
+            "fanout='sideways'",
+            "@job option fanout='sideways' is not allowed; fanout must be "
+            "'roundrobin' or 'random'",
+        ),
+        (
+            "memory=1024 * 1024",
+            "@job option memory=1048576 is not allowed; memory must be an int of "
+            "bytes, at least 33554432 (32 MiB), or None",
+        ),
+        (
+            "retries=-1",
+            "@job option retries=-1 is not allowed; retries must be an int >= 0 "
+            "(times an application exception is retried)",
+        ),
+    ],
+)
+def test_bad_option_value(option: str, message: str) -> None:
+    source = (
+        f"from lucidity import job\n@job({option})\ndef square(a: int) -> int: ...\n"
+    )
+    col = source.splitlines()[1].index("=") + 2
+    assert errors(source) == [f"app/geometry.py:2:{col}: {message}"]
+
+
+@pytest.mark.parametrize(
+    "value", ["MEMORY", "int('3')", "2 ** x", "[1]", "f'x'", "1 / 2"]
+)
+def test_non_literal_option_value(value: str) -> None:
+    source = (
+        f"from lucidity import job\n@job(memory={value})\ndef f(a: int) -> int: ...\n"
+    )
+    assert errors(source) == [
+        f"app/geometry.py:2:13: @job option memory={value} is not a literal; options "
+        "must be literals (numbers, strings, None, or + - * // ** on numbers) so "
+        "lucidity-gen can check them"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            "@job(3)",
+            '2:6: @job takes options as keywords only, e.g. @job(fanout="random")',
+        ),
+        (
+            "@job(**OPTS)",
+            "2:6: @job options cannot be unpacked with ** here; write each "
+            "option as name=literal so lucidity-gen can check it",
+        ),
+        ("@job(retries=1, retries=2)", "2:17: @job option 'retries' is given twice"),
+    ],
+)
+def test_malformed_options(source: str, message: str) -> None:
+    text = f"from lucidity import job\n{source}\ndef f(a: int) -> int: ...\n"
+    assert errors(text) == [f"app/geometry.py:{message}"]
+
+
+def test_every_error_of_a_file_is_reported() -> None:
+    assert (
+        [e.split(": ")[0] for e in errors("""
+            from lucidity import job
+
+            @job(colour=1)
+            async def f(*args: int) -> int: ...
+            """)]
+        == ["app/geometry.py:4:1", "app/geometry.py:4:13", "app/geometry.py:3:6"]
+    )
+
+
+def test_syntax_error_points_at_the_error() -> None:
+    # CPython's message and column vary a little between versions; the line not.
+    (error,) = errors("from lucidity import job\n\n@job\ndef f(a int) -> int: ...\n")
+    assert re.fullmatch(
+        r"app/geometry\.py:4:\d+: cannot parse: .+; fix the syntax error and run again",
+        error,
+    )
+
+
+def test_annotation_clashing_with_a_generated_name() -> None:
+    assert (
+        errors("""
+        from lucidity import job
+        from mylib import Job
+
+        @job
+        def f(a: Job) -> int: ...
+        """)
+        == [
+            "app/geometry.py:5:10: @job function 'f': annotation name 'Job' clashes with "
+            "a name the generated module defines; import it under another name"
+        ]
+    )
+
+
+def test_type_imports_follow_the_source() -> None:
+    result = _collect("""
+        from __future__ import annotations
+        import numpy as np
+        import os.path
+        from typing import TYPE_CHECKING, Any, Literal
+        from lucidity import job
+        if TYPE_CHECKING:
+            from .models import Shape as S
+
+        Alias = int
+
+        @job
+        def f(a: np.ndarray, b: "S", c: Literal["fast"], d: Alias, e: Any) -> list[Point]:
+            ...
+
+        class Point: ...
+        """)
+    assert result.module is not None
+    assert result.module.type_imports == (
+        "import numpy as np",
+        "from typing import Literal",
+        "from .models import Shape as S",
+        "from app.geometry import Alias, Point",
+    )
+    assert result.module.typing_names == "TYPE_CHECKING, Any"
