@@ -260,3 +260,36 @@ def test_written_files_get_the_usual_mode(project: Path) -> None:
     assert run("app", cwd=project).returncode == 0
     mode = (project / "app/geometry_jobs.py").stat().st_mode & 0o777
     assert mode == (project / "app/geometry.py").stat().st_mode & 0o777
+
+
+def test_jobs_in_a_package_init_or_a_non_identifier_folder(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "pkg/__init__.py": SQUARE,
+            "my-app/__init__.py": "",
+            "my-app/mod.py": SQUARE,
+            "my-app/plain.py": "import lucidity\n",  # no jobs: no error
+        },
+    )
+    result = run(".", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[:2] == [
+        "my-app/mod.py:1:1: cannot be imported: 'my-app' is not a Python identifier, "
+        "and jobs are run by their dotted module name; rename it",
+        "pkg/__init__.py:1:1: jobs in a package's __init__.py are not supported; "
+        "move them into a module of the package",
+    ]
+
+
+def test_an_internal_error_exits_123(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], project: Path
+) -> None:
+    from lucidity.codegen import cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "plan", broken)
+    assert cli.main([str(project / "app")]) == 123
+    assert "internal error" in capsys.readouterr().err

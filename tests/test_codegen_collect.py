@@ -6,13 +6,13 @@ import re
 import textwrap
 
 import pytest
-from lucidity.codegen.collect import collect
+from lucidity.codegen.collect import Collected, collect
 from lucidity.codegen.model import ParamKind
 
 PATH = "app/geometry.py"
 
 
-def _collect(source: str):  # type: ignore[no-untyped-def]
+def _collect(source: str) -> Collected:
     return collect(
         textwrap.dedent(source).lstrip("\n").encode(),
         PATH,
