@@ -63,6 +63,9 @@ def collect(
         tree = cst.parse_module(source)
     except cst.ParserSyntaxError as exc:
         return Collected(None, (_syntax_error(source, path, exc),))
+    except (UnicodeDecodeError, SyntaxError) as exc:  # bad bytes or coding cookie
+        message = f"cannot decode: {exc}; save the file as UTF-8 (or fix its coding)"
+        return Collected(None, (SourceError(path, 1, 1, message),))
     wrapper = MetadataWrapper(tree, unsafe_skip_copy=True)
     finder = _JobFinder(path)
     wrapper.visit(finder)

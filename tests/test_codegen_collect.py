@@ -505,3 +505,13 @@ def test_type_imports_follow_the_source() -> None:
         "from app.geometry import Alias, Point",
     )
     assert result.module.typing_names == "TYPE_CHECKING, Any"
+
+
+@pytest.mark.parametrize(
+    "source", [b"import lucidity\nx = '\xff'\n", b"# coding: nope\nimport lucidity\n"]
+)
+def test_undecodable_source(source: bytes) -> None:
+    result = collect(source, PATH, "app.geometry", "app/geometry.py", "")
+    assert result.module is None
+    (error,) = result.errors
+    assert str(error).startswith("app/geometry.py:1:1: cannot decode: ")
