@@ -16,7 +16,7 @@ from lucidity.errors import (
     NoNodesError,
     RemoteError,
 )
-from lucidity.job import Job
+from lucidity.handle import Job
 
 __all__ = [
     "ClusterError",

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 from lucidity._options import JobOptions, validate_options
-from lucidity.job import Job
+from lucidity.handle import Job
 
 __all__ = [
     "JobRef",

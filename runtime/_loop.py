@@ -1,0 +1,83 @@
+"""The one event loop shape every daemon and client I/O thread runs.
+
+It owns a `zmq.Poller` over its sockets (and plain fds, such as a parent
+pipe or a pidfd), dispatches each ready socket to its handler, and runs timers
+from a heap. The poll timeout is the time to the next timer: nothing sleeps,
+nothing polls on a period.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+__all__ = ["EventLoop"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[], None]
+
+
+class EventLoop:
+    def __init__(self) -> None:
+        self._poller = zmq.Poller()
+        self._handlers: dict[Any, Handler] = {}
+        self._timers: list[tuple[float, int, Handler]] = []
+        self._seq = itertools.count()
+        self._cancelled: set[int] = set()
+        self.running = False
+
+    def add_reader(self, sock: zmq.Socket[Any] | int, handler: Handler) -> None:
+        self._handlers[sock] = handler
+        self._poller.register(sock, zmq.POLLIN)
+
+    def remove_reader(self, sock: zmq.Socket[Any] | int) -> None:
+        if self._handlers.pop(sock, None) is not None:
+            self._poller.unregister(sock)
+
+    def call_later(self, delay: float, handler: Handler) -> int:
+        """Run `handler` after `delay` seconds; returns a handle for `cancel`."""
+        seq = next(self._seq)
+        heapq.heappush(self._timers, (time.monotonic() + delay, seq, handler))
+        return seq
+
+    def cancel(self, handle: int) -> None:
+        self._cancelled.add(handle)
+
+    def stop(self) -> None:
+        self.running = False
+
+    def _run_due_timers(self) -> float | None:
+        """Run every due timer; return seconds until the next one (None: none)."""
+        while self._timers:
+            when, seq, handler = self._timers[0]
+            if seq in self._cancelled:
+                heapq.heappop(self._timers)
+                self._cancelled.discard(seq)
+                continue
+            now = time.monotonic()
+            if when > now:
+                return when - now
+            heapq.heappop(self._timers)
+            handler()
+        return None
+
+    def run(self) -> None:
+        self.running = True
+        while self.running:
+            delay = self._run_due_timers()
+            if not self.running:
+                break
+            timeout = None if delay is None else max(0, int(delay * 1000) + 1)
+            for sock, _ in self._poller.poll(timeout):
+                handler = self._handlers.get(sock)
+                if handler is not None:
+                    handler()
+                if not self.running:
+                    break

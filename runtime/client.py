@@ -1,0 +1,526 @@
+"""The client: how a process (an app, or a job inside a worker) reaches the cluster.
+
+One I/O thread per process owns every socket: a DEALER to control (the node
+list, pushed on change) and a DEALER per node (jobs out, results in). Caller
+threads hand it commands through a deque and an inproc wake-up socket, and
+wait on the `Job` futures it completes. The engine seam is small: `submit`
+one job, `fanout` many, and `nodes()`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import itertools
+import logging
+import os
+import pickle
+import random
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import zmq
+
+from lucidity import protocol as p
+from lucidity._loop import EventLoop
+from lucidity._options import JobOptions
+from lucidity.errors import ClusterError, NoNodesError, RemoteError, RemoteTraceback
+from lucidity.handle import Job, blocking
+
+__all__ = ["Client", "connect", "get_client", "shutdown"]
+
+log = logging.getLogger(__name__)
+
+# A job that finds no live node waits for one to join for this many of its
+# `init_retry_interval_ms` (placed the moment one joins), then fails.
+INIT_ATTEMPTS = 10
+SUBSCRIBE_EVERY_S = 1.0
+# Jobs of one fanout in flight per worker slot of a node; the rest stream in.
+FANOUT_WINDOW_PER_SLOT = 8
+
+
+def _decode_error(frames: list[Any], node: str) -> BaseException:
+    try:
+        blob, ename, evalue, tb = pickle.loads(frames[0])
+    except Exception as exc:  # a result we cannot read is the job's failure
+        return ClusterError(f"unreadable error from node {node}: {exc!r}")
+    exc_obj: BaseException | None = None
+    if blob is not None:
+        try:
+            exc_obj = pickle.loads(blob)
+        except Exception:
+            exc_obj = None
+    if not isinstance(exc_obj, BaseException):
+        return RemoteError(ename, evalue, tb, node)
+    if tb:
+        exc_obj.__cause__ = RemoteTraceback(f"{tb.rstrip()}\n(on node {node})")
+    return exc_obj
+
+
+class _Pending:
+    __slots__ = ("job", "frames", "options", "local", "addr", "deadline")
+
+    def __init__(
+        self,
+        job: Job[Any],
+        frames: list[Any],
+        options: JobOptions,
+        local: bool,
+        addr: str | None,
+    ) -> None:
+        self.job = job
+        self.frames = frames
+        self.options = options
+        self.local = local
+        self.addr = addr
+        self.deadline = 0.0
+
+
+class Client:
+    """The cluster as one process sees it; all sockets live on one I/O thread."""
+
+    def __init__(
+        self,
+        control: str | None,
+        local_node: str | None = None,
+        static_nodes: list[str] | None = None,
+    ) -> None:
+        self.control = control
+        self._local_node = local_node
+        self._private_node: Any = None
+        self._pid = os.getpid()
+        self.ctx = zmq.Context()
+        self._wake_r = self.ctx.socket(zmq.PAIR)
+        self._wake_w = self.ctx.socket(zmq.PAIR)
+        wake = f"inproc://lucidity-wake-{id(self)}"
+        self._wake_r.bind(wake)
+        self._wake_w.connect(wake)
+        self._wake_lock = threading.Lock()
+        self._cmds: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._cond = threading.Condition()
+        self._nodes: list[dict[str, Any]] = []
+        self._synced = False
+        if static_nodes is not None:
+            self._nodes = [{"id": a, "addr": a, "workers": 1} for a in static_nodes]
+            self._synced = True
+        self._socks: dict[str, zmq.Socket[Any]] = {}
+        self._inflight: dict[int, _Pending] = {}
+        self._parked: list[_Pending] = []
+        self._park_timer: int | None = None
+        self._ids = itertools.count(1)
+        self._rr = itertools.count()
+        self._closed = False
+        self.loop = EventLoop()
+        self.loop.add_reader(self._wake_r, self._on_wake)
+        self._ctl: zmq.Socket[Any] | None = None
+        if control is not None:
+            self._ctl = self.ctx.socket(zmq.DEALER)
+            self._ctl.linger = 0
+            self._ctl.connect(control)
+            self.loop.add_reader(self._ctl, self._on_control)
+        self._thread = threading.Thread(
+            target=self._run, name="lucidity-client", daemon=True
+        )
+        self._thread.start()
+
+    # ---- caller side -----------------------------------------------------
+
+    def _post(self, cmd: tuple[Any, ...]) -> None:
+        if self._closed:
+            raise ClusterError("the lucidity client is shut down")
+        self._cmds.append(cmd)
+        with self._wake_lock:
+            self._wake_w.send(b"", zmq.NOBLOCK)
+
+    def _new_job(
+        self, target: str, args: tuple[Any, ...]
+    ) -> tuple[Job[Any], list[Any]]:
+        job: Job[Any] = Job(next(self._ids), target)
+        job._cancel_hook = self._cancel
+        frames = [
+            p.encode(p.MsgType.SUBMIT, {"id": job.job_id, "target": target}),
+            *p.dumps_payload(args),
+        ]
+        return job, frames
+
+    def submit(
+        self,
+        target: str,
+        options: JobOptions,
+        args: tuple[Any, ...],
+        local: bool = False,
+        addr: str | None = None,
+    ) -> Job[Any]:
+        """Start `target(*args)`; on this process's node when `local`."""
+        job, frames = self._new_job(target, args)
+        if local:
+            addr = self.local_node()
+        self._post(("submit", _Pending(job, frames, options, local, addr)))
+        return job
+
+    def _cancel(self, job: Job[Any]) -> None:
+        if not self._closed:
+            self._post(("cancel", job.job_id))
+
+    def local_node(self) -> str:
+        """This process's own node: its worker's node, the embedded one, or a
+        private node started on first use."""
+        if self._local_node is None:
+            from lucidity.embedded import start_private_node
+
+            self._private_node = start_private_node()
+            self._local_node = self._private_node.nodes[0]
+        return self._local_node
+
+    def nodes(self, timeout: float = 0.0) -> list[dict[str, Any]]:
+        """The live nodes; waits up to `timeout` for at least one."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._nodes:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return list(self._nodes)
+
+    def wait_for_nodes(self, count: int, timeout: float) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._nodes) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ClusterError(
+                        f"only {len(self._nodes)} of {count} nodes joined the "
+                        f"cluster at {self.control} within {timeout:.0f} s"
+                    )
+                self._cond.wait(left)
+            return list(self._nodes)
+
+    def _no_nodes_error(self, options: JobOptions) -> NoNodesError:
+        waited = INIT_ATTEMPTS * options.init_retry_interval_ms
+        if self.control is not None and not self._synced:
+            return NoNodesError(
+                f"control at {self.control} did not answer within {waited} ms "
+                f"({INIT_ATTEMPTS} x init_retry_interval_ms); is `lucidity control` "
+                "running there?"
+            )
+        return NoNodesError(
+            f"no live node in the cluster at {self.control} after waiting "
+            f"{waited} ms ({INIT_ATTEMPTS} x init_retry_interval_ms); "
+            "start one with `lucidity node --control ...`"
+        )
+
+    def fanout(
+        self, target: str, options: JobOptions, items: Iterable[tuple[Any, ...]]
+    ) -> list[Any]:
+        """One job per item over the live nodes; results in input order.
+
+        In-flight jobs are bounded per node; the rest are submitted as results
+        come back. On a failure no further item is submitted; the jobs already
+        out finish, then the first failure (in input order) is raised.
+        """
+        wait_s = INIT_ATTEMPTS * options.init_retry_interval_ms / 1000
+        with blocking():
+            nodes = self.nodes(timeout=wait_s)
+            if not nodes:
+                raise self._no_nodes_error(options)
+            window = sum(max(1, int(n.get("workers", 1))) for n in nodes)
+            window *= FANOUT_WINDOW_PER_SLOT
+            slots = threading.Semaphore(window)
+            results: list[Any] = []
+            failures: dict[int, BaseException] = {}
+            jobs: list[Job[Any]] = []
+            stop = threading.Event()
+            start = next(self._rr)
+
+            def done(index: int, job: Job[Any]) -> None:
+                exc = job.exception() if not job.cancelled() else None
+                if exc is not None:
+                    failures[index] = exc
+                    stop.set()
+                slots.release()
+
+            for index, args in enumerate(items):
+                slots.acquire()
+                if stop.is_set():
+                    slots.release()
+                    break
+                if options.fanout == "random":
+                    node = random.choice(nodes)
+                else:
+                    node = nodes[(start + index) % len(nodes)]
+                results.append(None)
+                job = self.submit(target, options, tuple(args), addr=node["addr"])
+                jobs.append(job)
+                job.add_done_callback(lambda j, i=index: done(i, j))
+            for job in jobs:
+                try:
+                    job.exception()
+                except BaseException:  # cancelled: reported below
+                    pass
+        if failures:
+            raise failures[min(failures)]
+        for index, job in enumerate(jobs):
+            results[index] = job.result()
+        return results
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        if os.getpid() == self._pid and self._thread.is_alive():
+            self._cmds.append(("stop",))
+            with self._wake_lock:
+                self._wake_w.send(b"", zmq.NOBLOCK)
+            self._thread.join(timeout=5)
+        self._closed = True
+        if self._private_node is not None:
+            self._private_node.stop()
+
+    # ---- I/O thread ------------------------------------------------------
+
+    def _run(self) -> None:
+        if self._ctl is not None:
+            self._subscribe()
+        try:
+            self.loop.run()
+        finally:
+            self._fail_all(ClusterError("the lucidity client shut down"))
+            for sock in (self._wake_r, self._wake_w, self._ctl, *self._socks.values()):
+                if sock is not None:
+                    sock.close(0)
+            self.ctx.term()
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for pending in [*self._inflight.values(), *self._parked]:
+            if not pending.job.done():
+                try:
+                    pending.job.set_exception(exc)
+                except Exception:
+                    pass
+        self._inflight.clear()
+        self._parked.clear()
+
+    def _on_wake(self) -> None:
+        while True:
+            try:
+                self._wake_r.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        while self._cmds:
+            cmd = self._cmds.popleft()
+            kind = cmd[0]
+            if kind == "submit":
+                self._place(cmd[1])
+            elif kind == "cancel":
+                self._do_cancel(cmd[1])
+            elif kind == "stop":
+                self.loop.stop()
+                return
+
+    def _sock(self, addr: str) -> zmq.Socket[Any]:
+        sock = self._socks.get(addr)
+        if sock is None:
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.connect(addr)
+            self._socks[addr] = sock
+            self.loop.add_reader(sock, lambda: self._on_result(sock, addr))
+        return sock
+
+    def _place(self, pending: _Pending) -> None:
+        if pending.job.done():
+            return  # cancelled before it left
+        addr = pending.addr
+        if addr is None:
+            if not self._nodes:
+                self._park(pending)
+                return
+            addr = random.choice(self._nodes)["addr"]
+        pending.addr = addr
+        self._inflight[pending.job.job_id] = pending
+        self._sock(addr).send_multipart(pending.frames, copy=False)
+
+    def _park(self, pending: _Pending) -> None:
+        wait_s = INIT_ATTEMPTS * pending.options.init_retry_interval_ms / 1000
+        pending.deadline = time.monotonic() + wait_s
+        self._parked.append(pending)
+        self._arm_park_timer()
+
+    def _arm_park_timer(self) -> None:
+        if self._park_timer is not None:
+            self.loop.cancel(self._park_timer)
+            self._park_timer = None
+        if self._parked:
+            first = min(x.deadline for x in self._parked)
+            delay = max(0.0, first - time.monotonic())
+            self._park_timer = self.loop.call_later(delay, self._on_park_timer)
+
+    def _on_park_timer(self) -> None:
+        self._park_timer = None
+        now = time.monotonic()
+        keep = []
+        for pending in self._parked:
+            if pending.deadline <= now:
+                if not pending.job.done():
+                    pending.job.set_exception(self._no_nodes_error(pending.options))
+            else:
+                keep.append(pending)
+        self._parked = keep
+        self._arm_park_timer()
+
+    def _do_cancel(self, job_id: int) -> None:
+        self._parked = [x for x in self._parked if x.job.job_id != job_id]
+        pending = self._inflight.pop(job_id, None)
+        if pending is not None and pending.addr is not None:
+            head = p.encode(p.MsgType.CANCEL, {"id": job_id})
+            self._sock(pending.addr).send(head)
+
+    def _on_result(self, sock: zmq.Socket[Any], addr: str) -> None:
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                msg = p.decode(frames[0].buffer)
+                if msg.type != p.MsgType.RESULT:
+                    raise p.FrameError(f"unexpected {msg.type.name}")
+                job_id = int(msg.header["id"])
+            except (p.FrameError, KeyError, TypeError, ValueError) as exc:
+                log.warning("dropped a bad frame from node %s: %s", addr, exc)
+                continue
+            pending = self._inflight.pop(job_id, None)
+            if pending is None or pending.job.done():
+                continue
+            node = str(msg.header.get("node", addr))
+            payload = [f.buffer for f in frames[1:]]
+            job = pending.job
+            if msg.header.get("ok"):
+                try:
+                    value = p.loads_payload(payload)
+                except Exception as exc:
+                    job.set_exception(
+                        ClusterError(f"cannot unpickle the result from {node}: {exc!r}")
+                    )
+                else:
+                    job.set_result(value)
+            else:
+                job.set_exception(_decode_error(payload, node))
+
+    def _subscribe(self) -> None:
+        assert self._ctl is not None
+        try:
+            self._ctl.send(p.encode(p.MsgType.SUBSCRIBE), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        self.loop.call_later(SUBSCRIBE_EVERY_S, self._subscribe)
+
+    def _on_control(self) -> None:
+        assert self._ctl is not None
+        while True:
+            try:
+                frames = self._ctl.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = p.decode(frames[0])
+                if msg.type != p.MsgType.NODES:
+                    raise p.FrameError(f"unexpected {msg.type.name}")
+                nodes = [dict(n) for n in msg.header["nodes"]]
+                for n in nodes:
+                    str(n["addr"])
+            except (p.FrameError, KeyError, TypeError, ValueError) as exc:
+                log.warning("dropped a bad frame from control: %s", exc)
+                continue
+            with self._cond:
+                self._nodes = nodes
+                self._synced = True
+                self._cond.notify_all()
+            if nodes and self._parked:
+                parked, self._parked = self._parked, []
+                for pending in parked:
+                    self._place(pending)
+                self._arm_park_timer()
+
+
+# ---- the process's client ------------------------------------------------
+
+_lock = threading.Lock()
+_client: Client | None = None
+_cluster: Any = None
+_address: str | None = None
+_atexit_registered = False
+
+
+def _check_address(address: str) -> str:
+    if not address.startswith(("tcp://", "ipc://")):
+        raise ValueError(
+            f"cluster address {address!r} is not a ZeroMQ endpoint; "
+            "expected tcp://HOST:PORT (e.g. tcp://127.0.0.1:3030) or ipc://PATH"
+        )
+    return address
+
+
+def connect(address: str) -> None:
+    """Use the control daemon at `address` from now on in this process."""
+    global _address
+    _check_address(address)
+    with _lock:
+        _address = address
+    _reset()
+
+
+def get_client() -> Client:
+    global _client, _cluster, _atexit_registered
+    client = _client
+    if client is not None and client._pid == os.getpid() and not client._closed:
+        return client
+    with _lock:
+        if _client is not None and _client._pid == os.getpid() and not _client._closed:
+            return _client
+        if _client is not None and _client._pid != os.getpid():
+            # Forked: the parent's sockets and thread are not ours.
+            _client, _cluster = None, None
+        env_control = os.environ.get("LUCIDITY_CONTROL")
+        env_node = os.environ.get("LUCIDITY_NODE")
+        if _address is not None:
+            _client = Client(_address)
+        elif env_control:
+            _client = Client(_check_address(env_control), local_node=env_node)
+        elif env_node:
+            # A worker of a standalone node: its node is its whole cluster.
+            _client = Client(None, local_node=env_node, static_nodes=[env_node])
+        else:
+            from lucidity.embedded import start_embedded
+
+            _cluster = start_embedded()
+            _client = Client(_cluster.control, local_node=_cluster.nodes[0])
+            try:
+                _client.wait_for_nodes(len(_cluster.nodes), timeout=15)
+            except BaseException:
+                _client.close()
+                _cluster.stop()
+                _client, _cluster = None, None
+                raise
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+        return _client
+
+
+def _reset() -> None:
+    global _client, _cluster
+    with _lock:
+        client, cluster = _client, _cluster
+        _client, _cluster = None, None
+    if client is not None and client._pid == os.getpid():
+        client.close()
+    if cluster is not None and cluster.pid == os.getpid():
+        cluster.stop()
+
+
+def shutdown() -> None:
+    """Close this process's client and stop its embedded cluster, if any."""
+    _reset()

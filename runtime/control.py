@@ -1,0 +1,136 @@
+"""The control daemon: the membership registry.
+
+Nodes heartbeat to it; clients subscribe and are sent the node list whenever
+it changes (and on every subscribe, which is also how a client re-syncs after
+a control restart). No job data passes through control.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import zmq
+
+from lucidity import protocol as p
+from lucidity._daemon import announce, bind, install_stop, watch_parent
+from lucidity._liveness import Membership
+from lucidity._loop import EventLoop
+
+__all__ = ["ControlDaemon", "DEFAULT_CONTROL_PORT"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTROL_PORT = 3030
+# A client re-subscribes every second; a lease outlives a few missed renewals.
+SUBSCRIPTION_LEASE_S = 5.0
+
+
+class ControlDaemon:
+    def __init__(self, bind_address: str, dead_after: float = 3.0) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        self.endpoint = bind(self.sock, bind_address, "control")
+        self.loop = EventLoop()
+        self.members = Membership(dead_after)
+        self.subscribers: dict[bytes, float] = {}
+        self._expiry_timer: int | None = None
+        self.loop.add_reader(self.sock, self._on_message)
+        self._handlers = {
+            p.MsgType.HEARTBEAT: self._on_heartbeat,
+            p.MsgType.SUBSCRIBE: self._on_subscribe,
+        }
+
+    def run(self, parent_fd: int | None = None) -> None:
+        install_stop(self.loop)
+        if parent_fd is not None:
+            watch_parent(self.loop, parent_fd)
+        log.info("control listening on %s", self.endpoint)
+        announce(self.endpoint)
+        try:
+            self.loop.run()
+        finally:
+            self.sock.close(0)
+            self.ctx.term()
+
+    def _on_message(self) -> None:
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                log.warning("dropped a message of %d frames", len(frames))
+                continue
+            ident, head = frames[0], frames[1]
+            try:
+                msg = p.decode(head)
+                handler = self._handlers[msg.type]
+            except (p.FrameError, KeyError) as exc:
+                log.warning("dropped a bad frame: %s", exc or "unexpected type")
+                continue
+            try:
+                handler(ident, msg.header)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("dropped a malformed %s: %r", msg.type.name, exc)
+
+    def _on_heartbeat(self, ident: bytes, header: dict[str, Any]) -> None:
+        node_id = str(header["node"])
+        info = {
+            "addr": str(header["addr"]),
+            "workers": int(header["workers"]),
+            "procs": int(header.get("procs", 0)),
+            "busy": int(header.get("busy", 0)),
+            "queued": int(header.get("queued", 0)),
+            "pid": int(header.get("pid", 0)),
+        }
+        if header.get("leaving"):
+            if self.members.leave(node_id):
+                log.info("node %s left", node_id)
+                self._broadcast()
+            return
+        if self.members.beat(node_id, info, time.monotonic()):
+            log.info("node %s joined at %s", node_id, info["addr"])
+            self._broadcast()
+        self._arm_expiry()
+
+    def _on_subscribe(self, ident: bytes, header: dict[str, Any]) -> None:
+        if not header.get("once"):
+            self.subscribers[ident] = time.monotonic() + SUBSCRIPTION_LEASE_S
+        self._send_nodes(ident)
+
+    def _nodes_frame(self) -> bytes:
+        return p.encode(p.MsgType.NODES, {"nodes": self.members.members()})
+
+    def _send_nodes(self, ident: bytes, frame: bytes | None = None) -> None:
+        try:
+            self.sock.send_multipart([ident, frame or self._nodes_frame()], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.debug("could not send nodes to a subscriber: %s", exc)
+
+    def _broadcast(self) -> None:
+        now = time.monotonic()
+        self.subscribers = {i: t for i, t in self.subscribers.items() if t > now}
+        frame = self._nodes_frame()
+        for ident in self.subscribers:
+            self._send_nodes(ident, frame)
+
+    def _arm_expiry(self) -> None:
+        if self._expiry_timer is not None:
+            self.loop.cancel(self._expiry_timer)
+            self._expiry_timer = None
+        nxt = self.members.next_expiry()
+        if nxt is not None:
+            delay = max(0.0, nxt - time.monotonic()) + 0.01
+            self._expiry_timer = self.loop.call_later(delay, self._on_expiry)
+
+    def _on_expiry(self) -> None:
+        self._expiry_timer = None
+        gone = self.members.expire(time.monotonic())
+        for node_id in gone:
+            log.warning("node %s stopped heartbeating: dropped", node_id)
+        if gone:
+            self._broadcast()
+        self._arm_expiry()

@@ -1,0 +1,94 @@
+"""`Job[T]`: the handle of a running job, a `concurrent.futures.Future`.
+
+It adds the seed's verbs (`try_get`, `await_get`) and `await job`. Waiting is
+on the future's own condition, set by the client's I/O thread the moment the
+result frame arrives; nothing polls. A job waited on from inside a worker
+gives its worker's slot back to the node for the length of the wait, so
+nested jobs cannot deadlock a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future
+from typing import Any, Generic, TypeVar
+
+__all__ = ["Job"]
+
+T = TypeVar("T")
+
+# Set by a worker process: called around every blocking wait of user code.
+_blocking_hooks: tuple[Callable[[], None], Callable[[], None]] | None = None
+
+
+def set_blocking_hooks(
+    hooks: tuple[Callable[[], None], Callable[[], None]] | None,
+) -> None:
+    global _blocking_hooks
+    _blocking_hooks = hooks
+
+
+@contextlib.contextmanager
+def blocking() -> Iterator[None]:
+    """Mark a wait of user code on child jobs (lends the worker's slot out)."""
+    hooks = _blocking_hooks
+    if hooks is None:
+        yield
+        return
+    hooks[0]()
+    try:
+        yield
+    finally:
+        hooks[1]()
+
+
+class Job(Future, Generic[T]):  # type: ignore[type-arg]
+    """A job's future result; `Future` API plus `try_get` and `await_get`."""
+
+    job_id: int
+    target: str
+
+    def __init__(self, job_id: int = 0, target: str = "") -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.target = target
+        self._cancel_hook: Callable[[Job[T]], None] | None = None
+
+    def __repr__(self) -> str:
+        base = super().__repr__()
+        return base.replace("Job at", f"Job {self.target} #{self.job_id} at", 1)
+
+    def result(self, timeout: float | None = None) -> T:
+        if not self.done() and _blocking_hooks is not None:
+            with blocking():
+                return super().result(timeout)  # type: ignore[no-any-return]
+        return super().result(timeout)  # type: ignore[no-any-return]
+
+    def try_get(self) -> T | None:
+        """The result if the job is done (raising its error if it failed), else None."""
+        if not self.done():
+            return None
+        return self.result()
+
+    def await_get(self, timeout: float | None = None) -> T:
+        """Block until the job is done and return its result (or raise its error)."""
+        return self.result(timeout)
+
+    def cancel(self) -> bool:
+        """Cancel the job: queued, it never runs; running, its worker is stopped.
+
+        The client never moves a job to RUNNING (the job runs elsewhere), so
+        `Future.cancel` succeeds until the result is in.
+        """
+        if not super().cancel():
+            return False
+        # Wake `concurrent.futures.wait` waiters too, as an executor would.
+        self.set_running_or_notify_cancel()
+        if self._cancel_hook is not None:
+            self._cancel_hook(self)
+        return True
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return asyncio.wrap_future(self).__await__()

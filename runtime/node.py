@@ -1,0 +1,370 @@
+"""The node daemon: takes jobs from clients and runs them in worker processes.
+
+Workers are started ahead of time and connect back over an ipc socket in a
+private folder. The node keeps `slots` jobs running at once; a worker that
+waits on a child job reports BLOCKED and gives its slot back (a new worker is
+started if none is idle), so nested jobs cannot deadlock even with one slot.
+A worker's death is seen through its pidfd, in the same poller as the sockets.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from lucidity import protocol as p
+from lucidity._daemon import announce, bind, install_stop, watch_parent
+from lucidity._loop import EventLoop
+from lucidity.errors import WorkerLostError
+
+__all__ = ["NodeDaemon", "DEFAULT_NODE_PORT"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NODE_PORT = 3031
+HEARTBEAT_S = 0.5
+
+
+@dataclass
+class Task:
+    key: int
+    client: bytes
+    job_id: int
+    header: dict[str, Any]
+    payload: list[zmq.Frame]
+
+
+@dataclass
+class Worker:
+    wid: bytes
+    proc: subprocess.Popen[bytes]
+    pidfd: int
+    ready: bool = False
+    task: Task | None = None
+    blocked: bool = False
+
+
+@dataclass
+class _Stats:
+    done: int = 0
+    failed: int = 0
+    lost: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class NodeDaemon:
+    def __init__(
+        self,
+        bind_address: str,
+        control: str | None,
+        workers: int,
+        heartbeat_s: float = HEARTBEAT_S,
+    ) -> None:
+        if workers < 1:
+            raise SystemExit(f"lucidity node: --workers must be >= 1, got {workers}")
+        self.node_id = uuid.uuid4().hex[:12]
+        self.slots = workers
+        self.control_address = control
+        self.heartbeat_s = heartbeat_s
+        self.ctx = zmq.Context()
+        self.front = self.ctx.socket(zmq.ROUTER)
+        self.front.linger = 0
+        self.endpoint = bind(self.front, bind_address, "node")
+        self._dir = tempfile.mkdtemp(prefix="lucidity-node-")
+        os.chmod(self._dir, 0o700)
+        self.back = self.ctx.socket(zmq.ROUTER)
+        self.back.linger = 0
+        self.back_endpoint = bind(self.back, f"ipc://{self._dir}/workers", "node")
+        self.ctl: zmq.Socket[Any] | None = None
+        if control:
+            self.ctl = self.ctx.socket(zmq.DEALER)
+            self.ctl.linger = 0
+            self.ctl.connect(control)
+        self.loop = EventLoop()
+        self.loop.add_reader(self.front, self._on_client)
+        self.loop.add_reader(self.back, self._on_worker)
+        self.workers: dict[bytes, Worker] = {}
+        self.queue: collections.deque[Task] = collections.deque()
+        self.tasks: dict[tuple[bytes, int], Task] = {}
+        self._keys = itertools.count(1)
+        self.stats = _Stats()
+        self._client_handlers = {
+            p.MsgType.SUBMIT: self._on_submit,
+            p.MsgType.CANCEL: self._on_cancel,
+        }
+
+    # ---- lifecycle -------------------------------------------------------
+
+    def run(self, parent_fd: int | None = None) -> None:
+        install_stop(self.loop)
+        if parent_fd is not None:
+            watch_parent(self.loop, parent_fd)
+        for _ in range(self.slots):
+            self._spawn()
+        if self.ctl is not None:
+            self._heartbeat()
+        log.info("node %s listening on %s", self.node_id, self.endpoint)
+        announce(self.endpoint)
+        try:
+            self.loop.run()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self.ctl is not None:
+            try:
+                self.ctl.send(self._heartbeat_frame(leaving=True), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        for w in list(self.workers.values()):
+            self._kill(w)
+        for w in list(self.workers.values()):
+            try:
+                w.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+            os.close(w.pidfd)
+        for sock in (self.front, self.back, self.ctl):
+            if sock is not None:
+                sock.close(0)
+        self.ctx.term()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    # ---- control ---------------------------------------------------------
+
+    def _running(self) -> int:
+        return sum(1 for w in self.workers.values() if w.task and not w.blocked)
+
+    def _heartbeat_frame(self, leaving: bool = False) -> bytes:
+        return p.encode(
+            p.MsgType.HEARTBEAT,
+            {
+                "node": self.node_id,
+                "addr": self.endpoint,
+                "workers": self.slots,
+                "procs": len(self.workers),
+                "busy": self._running(),
+                "queued": len(self.queue),
+                "pid": os.getpid(),
+                "leaving": leaving,
+            },
+        )
+
+    def _heartbeat(self) -> None:
+        assert self.ctl is not None
+        try:
+            self.ctl.send(self._heartbeat_frame(), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # control unreachable: zmq reconnects; the next beat re-registers
+        self.loop.call_later(self.heartbeat_s, self._heartbeat)
+
+    # ---- workers ---------------------------------------------------------
+
+    def _spawn(self) -> Worker:
+        env = dict(os.environ)
+        env["LUCIDITY_NODE"] = self.endpoint
+        env["LUCIDITY_NODE_ID"] = self.node_id
+        if self.control_address:
+            env["LUCIDITY_CONTROL"] = self.control_address
+        else:
+            env.pop("LUCIDITY_CONTROL", None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lucidity.worker", self.back_endpoint],
+            stdin=subprocess.PIPE,
+            env=env,
+        )
+        pidfd = os.pidfd_open(proc.pid)
+        w = Worker(wid=f"w{proc.pid}".encode(), proc=proc, pidfd=pidfd)
+        self.workers[w.wid] = w
+        self.loop.add_reader(pidfd, lambda: self._on_worker_exit(w))
+        return w
+
+    def _kill(self, w: Worker) -> None:
+        try:
+            w.proc.send_signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _on_worker_exit(self, w: Worker) -> None:
+        self.loop.remove_reader(w.pidfd)
+        os.close(w.pidfd)
+        code = w.proc.wait()
+        self.workers.pop(w.wid, None)
+        if w.proc.stdin is not None:
+            w.proc.stdin.close()
+        task = w.task
+        if task is not None:
+            self.tasks.pop((task.client, task.job_id), None)
+            if task.header.get("cancelled"):
+                log.info("worker %s stopped for a cancelled job", w.wid.decode())
+            else:
+                cause = (
+                    f"killed by signal {-code}" if code < 0 else f"exited with {code}"
+                )
+                log.warning("worker %s %s while running a job", w.wid.decode(), cause)
+                self.stats.lost += 1
+                self._reply(
+                    task,
+                    False,
+                    p.dumps_error(
+                        WorkerLostError(
+                            f"the worker running {task.header.get('target')} "
+                            f"{cause} (node {self.node_id})"
+                        )
+                    ),
+                )
+        else:
+            log.info("worker %s exited (%s)", w.wid.decode(), code)
+        if len(self.workers) < self.slots:
+            self._spawn()
+        self._pump()
+
+    def _on_worker(self) -> None:
+        while True:
+            try:
+                frames = self.back.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            wid = frames[0].bytes
+            w = self.workers.get(wid)
+            if w is None or len(frames) < 2:
+                continue
+            try:
+                msg = p.decode(frames[1].buffer)
+            except p.FrameError as exc:
+                log.warning("dropped a bad frame from worker %s: %s", wid, exc)
+                continue
+            if msg.type == p.MsgType.READY:
+                w.ready = True
+            elif msg.type == p.MsgType.DONE:
+                self._on_done(w, msg.header, frames[2:])
+            elif msg.type == p.MsgType.BLOCKED:
+                w.blocked = True
+            elif msg.type == p.MsgType.UNBLOCKED:
+                w.blocked = False
+            self._pump()
+
+    def _on_done(
+        self, w: Worker, header: dict[str, Any], payload: list[zmq.Frame]
+    ) -> None:
+        task = w.task
+        w.task = None
+        w.blocked = False
+        if task is None:
+            return
+        self.tasks.pop((task.client, task.job_id), None)
+        ok = bool(header.get("ok"))
+        if ok:
+            self.stats.done += 1
+        else:
+            self.stats.failed += 1
+        self._reply(task, ok, payload)
+        idle = [x for x in self.workers.values() if x.ready and x.task is None]
+        if len(idle) > self.slots:
+            # Extra workers started while others were blocked: let them go.
+            self._retire(w)
+
+    def _retire(self, w: Worker) -> None:
+        try:
+            self.back.send_multipart([w.wid, p.encode(p.MsgType.STOP)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self._kill(w)
+        w.ready = False
+
+    def _pump(self) -> None:
+        """Start queued jobs while a slot is free; start workers if none is idle."""
+        running = self._running()
+        while self.queue and running < self.slots:
+            idle = next(
+                (w for w in self.workers.values() if w.ready and w.task is None),
+                None,
+            )
+            if idle is None:
+                starting = sum(1 for w in self.workers.values() if not w.ready)
+                wanted = min(len(self.queue), self.slots - running) - starting
+                for _ in range(max(0, wanted)):
+                    self._spawn()
+                return
+            task = self.queue.popleft()
+            idle.task = task
+            running += 1
+            head = p.encode(
+                p.MsgType.RUN,
+                {"key": task.key, "target": task.header["target"]},
+            )
+            self.back.send_multipart([idle.wid, head, *task.payload], copy=False)
+
+    # ---- clients ---------------------------------------------------------
+
+    def _on_client(self) -> None:
+        while True:
+            try:
+                frames = self.front.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            if len(frames) < 2:
+                log.warning("dropped a message of %d frames", len(frames))
+                continue
+            ident = frames[0].bytes
+            try:
+                msg = p.decode(frames[1].buffer)
+                handler = self._client_handlers[msg.type]
+            except (p.FrameError, KeyError) as exc:
+                log.warning("dropped a bad frame from a client: %s", exc)
+                continue
+            try:
+                handler(ident, msg.header, frames[2:])
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("dropped a malformed %s: %r", msg.type.name, exc)
+        self._pump()
+
+    def _on_submit(
+        self, ident: bytes, header: dict[str, Any], payload: list[zmq.Frame]
+    ) -> None:
+        job_id = int(header["id"])
+        target = header["target"]
+        if not isinstance(target, str) or ":" not in target:
+            raise ValueError(f"bad target {target!r}")
+        if not payload:
+            raise ValueError("no payload")
+        task = Task(next(self._keys), ident, job_id, header, payload)
+        self.tasks[(ident, job_id)] = task
+        self.queue.append(task)
+
+    def _on_cancel(
+        self, ident: bytes, header: dict[str, Any], payload: list[zmq.Frame]
+    ) -> None:
+        task = self.tasks.pop((ident, int(header["id"])), None)
+        if task is None:
+            return
+        task.header["cancelled"] = True
+        try:
+            self.queue.remove(task)
+            return
+        except ValueError:
+            pass
+        for w in self.workers.values():
+            if w.task is task:
+                self._kill(w)  # replaced when its pidfd fires
+
+    def _reply(self, task: Task, ok: bool, payload: list[Any]) -> None:
+        head = p.encode(
+            p.MsgType.RESULT, {"id": task.job_id, "ok": ok, "node": self.node_id}
+        )
+        try:
+            self.front.send_multipart([task.client, head, *payload], copy=False)
+        except zmq.ZMQError as exc:
+            log.warning("could not return job %d: %s", task.job_id, exc)
