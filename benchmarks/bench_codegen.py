@@ -19,6 +19,7 @@ import sysconfig
 import time
 
 import libcst as cst
+
 from lucidity.codegen import discover
 from lucidity.codegen.cli import main as lucidity_gen
 

@@ -27,6 +27,7 @@ from libcst.metadata import (
     PositionProvider,
     QualifiedNameProvider,
 )
+
 from lucidity._options import OPTION_NAMES, OptionError, validate_options
 from lucidity.codegen import imports
 from lucidity.codegen.errors import SourceError

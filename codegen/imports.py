@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 from libcst.metadata import CodeRange
+
 from lucidity.codegen.errors import SourceError
 from lucidity.codegen.model import ANY
 

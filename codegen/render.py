@@ -12,6 +12,7 @@ import functools
 import black
 import jinja2
 from black.mode import Mode, TargetVersion
+
 from lucidity.codegen.model import GeneratedModule
 
 __all__ = ["BLACK_MODE", "format_code", "render"]

@@ -21,9 +21,7 @@ def job(func: F, /) -> F: ...
 
 
 @overload
-def job(
-    func: None = None, /, **options: Any
-) -> Callable[[F], F]: ...
+def job(func: None = None, /, **options: Any) -> Callable[[F], F]: ...
 
 
 def job(func: F | None = None, /, **options: Any) -> F | Callable[[F], F]:

@@ -20,7 +20,9 @@ def _positive_ms(text: str) -> float:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of ms") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number of ms"
+        ) from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} must be > 0 ms")
     return value / 1000
@@ -48,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     ctl = sub.add_parser("control", help="run the membership registry")
-    ctl.add_argument("--bind", default=DEFAULT_CONTROL, help=f"(default {DEFAULT_CONTROL})")
+    ctl.add_argument(
+        "--bind", default=DEFAULT_CONTROL, help=f"(default {DEFAULT_CONTROL})"
+    )
     ctl.add_argument(
         "--dead-after-ms",
         type=_positive_ms,
@@ -59,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
 
     node = sub.add_parser("node", help="run jobs in worker processes")
     node.add_argument(
-        "--control", default=DEFAULT_CONTROL, help=f"control address (default {DEFAULT_CONTROL})"
+        "--control",
+        default=DEFAULT_CONTROL,
+        help=f"control address (default {DEFAULT_CONTROL})",
     )
     node.add_argument(
         "--standalone", action="store_true", help="join no cluster (a private node)"
@@ -109,13 +115,18 @@ def _status(control: str, timeout: float) -> int:
             return 1
         msg = p.decode(sock.recv())
     except zmq.ZMQError as exc:
-        print(f"lucidity status: cannot reach control at {control}: {exc}", file=sys.stderr)
+        print(
+            f"lucidity status: cannot reach control at {control}: {exc}",
+            file=sys.stderr,
+        )
         return 1
     finally:
         sock.close(0)
         ctx.term()
     nodes = msg.header.get("nodes", [])
-    rows = [("NODE", "ADDRESS", "PID", "WORKERS", "PROCS", "BUSY", "QUEUED")]
+    rows: list[tuple[str, ...]] = [
+        ("NODE", "ADDRESS", "PID", "WORKERS", "PROCS", "BUSY", "QUEUED")
+    ]
     for n in nodes:
         rows.append(
             tuple(
@@ -125,7 +136,7 @@ def _status(control: str, timeout: float) -> int:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
     print(f"{len(nodes)} node(s) at {control}")
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import itertools
 import logging
 import os
@@ -19,6 +20,7 @@ import random
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future
 from typing import Any
 
 import zmq
@@ -235,7 +237,7 @@ class Client:
             stop = threading.Event()
             start = next(self._rr)
 
-            def done(index: int, job: Job[Any]) -> None:
+            def done(index: int, job: Future[Any]) -> None:
                 exc = job.exception() if not job.cancelled() else None
                 if exc is not None:
                     failures[index] = exc
@@ -254,7 +256,7 @@ class Client:
                 results.append(None)
                 job = self.submit(target, options, tuple(args), addr=node["addr"])
                 jobs.append(job)
-                job.add_done_callback(lambda j, i=index: done(i, j))
+                job.add_done_callback(functools.partial(done, index))
             for job in jobs:
                 try:
                     job.exception()

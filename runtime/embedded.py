@@ -62,7 +62,15 @@ class DaemonProcess:
 
 def spawn_daemon(args: list[str], env: dict[str, str]) -> DaemonProcess:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lucidity", "--log-level", _log_level(), *args, "--parent-pipe"],
+        [
+            sys.executable,
+            "-m",
+            "lucidity",
+            "--log-level",
+            _log_level(),
+            *args,
+            "--parent-pipe",
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,
@@ -167,7 +175,14 @@ def start_private_node(workers: int | None = None) -> LocalCluster:
     env = _child_env()
     workers = workers or (os.cpu_count() or 2)
     node = spawn_daemon(
-        ["node", "--standalone", "--bind", "tcp://127.0.0.1:*", "--workers", str(workers)],
+        [
+            "node",
+            "--standalone",
+            "--bind",
+            "tcp://127.0.0.1:*",
+            "--workers",
+            str(workers),
+        ],
         env,
     )
     cluster = LocalCluster(None, [], [node])

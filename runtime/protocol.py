@@ -117,7 +117,8 @@ def dumps_error(exc: BaseException) -> list[Any]:
     ename = f"{type(exc).__module__}.{type(exc).__qualname__}"
     try:
         blob: bytes | None = pickle.dumps(exc, protocol=5)
-        pickle.loads(blob)  # an exception that pickles but cannot unpickle is common
+        # An exception that pickles but cannot unpickle is common.
+        pickle.loads(pickle.dumps(exc, protocol=5))
     except Exception:
         blob = None
     return [pickle.dumps((blob, ename, str(exc), tb), protocol=5)]

@@ -6,6 +6,7 @@ import re
 import textwrap
 
 import pytest
+
 from lucidity.codegen.collect import Collected, collect
 from lucidity.codegen.model import ParamKind
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from lucidity.codegen.render import format_code
 from lucidity.codegen.write import Action, plan
 
