@@ -1,0 +1,121 @@
+"""Jobs the runtime's integration tests run on a real cluster.
+
+`lucidity-gen` writes `work_jobs.py` next to a copy of this file; jobs that
+start child jobs import that sibling inside their body.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from lucidity import job
+
+
+class AppError(Exception):
+    """A pickleable exception of the app's own: must come back with its type."""
+
+
+class UnpicklableError(Exception):
+    """Cannot be pickled (holds a lock): must come back as `RemoteError`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def _where() -> tuple[int, int, str | None]:
+    return os.getpid(), os.getppid(), os.environ.get("LUCIDITY_NODE_ID")
+
+
+@job
+def square(a: int) -> int:
+    return a * a
+
+
+@job(fanout="random")
+def pythagorean(a: int, b: int) -> float:
+    from lucidity_rtapp.work_jobs import square_remote_async
+
+    sa, sb = square_remote_async(a), square_remote_async(b)
+    return float((sa.await_get() + sb.await_get()) ** 0.5)
+
+
+@job
+def sum_of_squares(n: int) -> int:
+    """Level 2: a fanout inside a job."""
+    from lucidity_rtapp.work_jobs import square_remote_fanout
+
+    return sum(square_remote_fanout(range(n)))
+
+
+@job
+def nested_sum(n: int) -> tuple[int, int]:
+    """Level 1: a job that waits on a job that fans out."""
+    from lucidity_rtapp.work_jobs import sum_of_squares_remote
+
+    return n, sum_of_squares_remote(n)
+
+
+@job
+def first(pair: tuple[int, int]) -> int:
+    """One parameter that is itself a tuple: a fanout passes it whole."""
+    return pair[0]
+
+
+@job
+def fail(message: str) -> None:
+    raise AppError(message)
+
+
+@job
+def fail_unpicklable(message: str) -> None:
+    raise UnpicklableError(message)
+
+
+@job
+def where(tag: int = 0) -> tuple[int, int, int, str | None]:
+    """(tag, pid, parent pid, node id) of the process running the job."""
+    return (tag, *_where())
+
+
+@job(fanout="random")
+def where_random(tag: int) -> tuple[int, int, int, str | None]:
+    return (tag, *_where())
+
+
+@job
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@job
+def echo_after(value: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return value
+
+
+@job
+def mark(folder: str, index: int, fail_index: int, seconds: float) -> int:
+    """Fail at once for `fail_index`; otherwise sleep, then leave a marker file."""
+    if index == fail_index:
+        raise AppError(f"item {index} failed")
+    time.sleep(seconds)
+    (Path(folder) / f"done-{index}").write_text(str(os.getpid()))
+    return index
+
+
+@job
+def die(code: int) -> None:
+    os._exit(code)
+
+
+@job
+def announce_then_sleep(path: str, seconds: float) -> float:
+    """Write this worker's pid to `path`, then sleep."""
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return seconds
