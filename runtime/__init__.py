@@ -10,9 +10,11 @@ from lucidity._decorator import job
 from lucidity._options import JobOptions, OptionError
 from lucidity.errors import (
     ClusterError,
+    FuelExhaustedError,
     JobCancelledError,
     JobTimeoutError,
     LucidityError,
+    MemoryLimitError,
     NoNodesError,
     RemoteError,
 )
@@ -20,11 +22,13 @@ from lucidity.handle import Job
 
 __all__ = [
     "ClusterError",
+    "FuelExhaustedError",
     "Job",
     "JobCancelledError",
     "JobOptions",
     "JobTimeoutError",
     "LucidityError",
+    "MemoryLimitError",
     "NoNodesError",
     "OptionError",
     "RemoteError",

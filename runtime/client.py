@@ -28,7 +28,15 @@ import zmq
 from lucidity import protocol as p
 from lucidity._loop import EventLoop
 from lucidity._options import JobOptions
-from lucidity.errors import ClusterError, NoNodesError, RemoteError, RemoteTraceback
+from lucidity.errors import (
+    ClusterError,
+    JobTimeoutError,
+    LucidityError,
+    NoNodesError,
+    RemoteError,
+    RemoteTraceback,
+    WorkerLostError,
+)
 from lucidity.handle import Job, blocking
 
 __all__ = ["Client", "connect", "get_client", "shutdown"]
@@ -39,6 +47,12 @@ log = logging.getLogger(__name__)
 # `init_retry_interval_ms` (placed the moment one joins), then fails.
 INIT_ATTEMPTS = 10
 SUBSCRIBE_EVERY_S = 1.0
+# Runs of one job after its node or worker was lost, before it fails.
+MAX_SYSTEM_ATTEMPTS = 3
+# While jobs are out on a node, it is pinged this often; a node silent for
+# NODE_SILENT_S is taken as lost even if control (maybe down) still lists it.
+PING_EVERY_S = 1.0
+NODE_SILENT_S = 5.0
 # Jobs of one fanout in flight per worker slot of a node; the rest stream in.
 FANOUT_WINDOW_PER_SLOT = 8
 
@@ -62,7 +76,20 @@ def _decode_error(frames: list[Any], node: str) -> BaseException:
 
 
 class _Pending:
-    __slots__ = ("job", "frames", "options", "local", "addr", "deadline")
+    """A job this client has submitted and not yet seen finish."""
+
+    __slots__ = (
+        "job",
+        "frames",
+        "options",
+        "local",
+        "pinned",
+        "addr",
+        "deadline",
+        "system_attempts",
+        "app_attempts",
+        "timer",
+    )
 
     def __init__(
         self,
@@ -76,8 +103,13 @@ class _Pending:
         self.frames = frames
         self.options = options
         self.local = local
+        # A local job must run on its own node; a fanout item may move on.
+        self.pinned = local
         self.addr = addr
         self.deadline = 0.0
+        self.system_attempts = 0
+        self.app_attempts = 0
+        self.timer: int | None = None
 
 
 class Client:
@@ -111,6 +143,7 @@ class Client:
         self._inflight: dict[int, _Pending] = {}
         self._parked: list[_Pending] = []
         self._park_timer: int | None = None
+        self._last_heard: dict[str, float] = {}
         self._ids = itertools.count(1)
         self._rr = itertools.count()
         self._closed = False
@@ -137,14 +170,16 @@ class Client:
             self._wake_w.send(b"", zmq.NOBLOCK)
 
     def _new_job(
-        self, target: str, args: tuple[Any, ...]
+        self, target: str, options: JobOptions, args: tuple[Any, ...]
     ) -> tuple[Job[Any], list[Any]]:
         job: Job[Any] = Job(next(self._ids), target)
         job._cancel_hook = self._cancel
-        frames = [
-            p.encode(p.MsgType.SUBMIT, {"id": job.job_id, "target": target}),
-            *p.dumps_payload(args),
-        ]
+        header: dict[str, Any] = {"id": job.job_id, "target": target}
+        if options.memory is not None:
+            header["memory"] = options.memory
+        if options.fuel is not None:
+            header["fuel"] = options.fuel
+        frames = [p.encode(p.MsgType.SUBMIT, header), *p.dumps_payload(args)]
         return job, frames
 
     def submit(
@@ -156,7 +191,7 @@ class Client:
         addr: str | None = None,
     ) -> Job[Any]:
         """Start `target(*args)`; on this process's node when `local`."""
-        job, frames = self._new_job(target, args)
+        job, frames = self._new_job(target, options, args)
         if local:
             addr = self.local_node()
         self._post(("submit", _Pending(job, frames, options, local, addr)))
@@ -285,6 +320,7 @@ class Client:
     def _run(self) -> None:
         if self._ctl is not None:
             self._subscribe()
+        self.loop.call_later(PING_EVERY_S, self._ping)
         try:
             self.loop.run()
         finally:
@@ -342,7 +378,53 @@ class Client:
             addr = random.choice(self._nodes)["addr"]
         pending.addr = addr
         self._inflight[pending.job.job_id] = pending
+        self._last_heard.setdefault(addr, time.monotonic())
+        if pending.timer is None and pending.options.timeout is not None:
+            pending.timer = self.loop.call_later(
+                pending.options.timeout, lambda: self._on_timeout(pending)
+            )
         self._sock(addr).send_multipart(pending.frames, copy=False)
+
+    def _on_timeout(self, pending: _Pending) -> None:
+        pending.timer = None
+        job = pending.job
+        if job.done():
+            return
+        self._do_cancel(job.job_id)
+        job.set_exception(
+            JobTimeoutError(
+                f"job {job.target} #{job.job_id} ran past its timeout of "
+                f"{pending.options.timeout} s (on {pending.addr}); its worker was stopped"
+            )
+        )
+
+    def _finish(self, pending: _Pending) -> None:
+        if pending.timer is not None:
+            self.loop.cancel(pending.timer)
+            pending.timer = None
+
+    def _retry_system(self, pending: _Pending, cause: str) -> bool:
+        """Run a job again elsewhere after a node or worker was lost.
+
+        Bounded: after MAX_SYSTEM_ATTEMPTS the job fails with the cause.
+        """
+        pending.system_attempts += 1
+        job = pending.job
+        if pending.pinned or pending.system_attempts >= MAX_SYSTEM_ATTEMPTS:
+            self._finish(pending)
+            if not job.done():
+                job.set_exception(
+                    ClusterError(
+                        f"job {job.target} #{job.job_id} failed: {cause} "
+                        f"(attempt {pending.system_attempts} of {MAX_SYSTEM_ATTEMPTS})"
+                    )
+                )
+            return False
+        log.warning("job %s #%d: %s; running it again", job.target, job.job_id, cause)
+        self._inflight.pop(job.job_id, None)
+        pending.addr = None
+        self._place(pending)
+        return True
 
     def _park(self, pending: _Pending) -> None:
         wait_s = INIT_ATTEMPTS * pending.options.init_retry_interval_ms / 1000
@@ -375,6 +457,8 @@ class Client:
     def _do_cancel(self, job_id: int) -> None:
         self._parked = [x for x in self._parked if x.job.job_id != job_id]
         pending = self._inflight.pop(job_id, None)
+        if pending is not None:
+            self._finish(pending)
         if pending is not None and pending.addr is not None:
             head = p.encode(p.MsgType.CANCEL, {"id": job_id})
             self._sock(pending.addr).send(head)
@@ -385,21 +469,27 @@ class Client:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            self._last_heard[addr] = time.monotonic()
             try:
                 msg = p.decode(frames[0].buffer)
+                if msg.type == p.MsgType.PONG:
+                    continue
                 if msg.type != p.MsgType.RESULT:
                     raise p.FrameError(f"unexpected {msg.type.name}")
                 job_id = int(msg.header["id"])
             except (p.FrameError, KeyError, TypeError, ValueError) as exc:
                 log.warning("dropped a bad frame from node %s: %s", addr, exc)
                 continue
-            pending = self._inflight.pop(job_id, None)
+            pending = self._inflight.get(job_id)
             if pending is None or pending.job.done():
+                self._inflight.pop(job_id, None)
                 continue
             node = str(msg.header.get("node", addr))
             payload = [f.buffer for f in frames[1:]]
             job = pending.job
             if msg.header.get("ok"):
+                self._inflight.pop(job_id, None)
+                self._finish(pending)
                 try:
                     value = p.loads_payload(payload)
                 except Exception as exc:
@@ -408,8 +498,55 @@ class Client:
                     )
                 else:
                     job.set_result(value)
+                continue
+            error = _decode_error(payload, node)
+            if isinstance(error, WorkerLostError):
+                self._retry_system(pending, str(error))
+                continue
+            if pending.app_attempts < pending.options.retries and not isinstance(
+                error, LucidityError
+            ):
+                pending.app_attempts += 1
+                self._inflight.pop(job_id, None)
+                if not pending.pinned:
+                    pending.addr = None
+                self._place(pending)
+                continue
+            self._inflight.pop(job_id, None)
+            self._finish(pending)
+            job.set_exception(error)
+
+    def _ping(self) -> None:
+        self.loop.call_later(PING_EVERY_S, self._ping)
+        now = time.monotonic()
+        busy = {x.addr for x in self._inflight.values() if x.addr is not None}
+        silent = set()
+        for addr in [a for a in self._last_heard if a not in busy]:
+            del self._last_heard[addr]  # idle nodes owe us nothing
+        head = p.encode(p.MsgType.PING)
+        for addr in busy:
+            heard = self._last_heard.setdefault(addr, now)
+            if now - heard > NODE_SILENT_S:
+                silent.add(addr)
             else:
-                job.set_exception(_decode_error(payload, node))
+                self._sock(addr).send(head, zmq.NOBLOCK)
+        if silent:
+            with self._cond:
+                self._nodes = [n for n in self._nodes if n["addr"] not in silent]
+            for addr in silent:
+                log.warning("node at %s silent for %.0f s", addr, NODE_SILENT_S)
+            self._on_nodes_lost(silent)
+
+    def _on_nodes_lost(self, lost: set[str]) -> None:
+        for addr in lost:
+            log.warning("node at %s left the cluster", addr)
+            self._last_heard.pop(addr, None)
+            sock = self._socks.pop(addr, None)
+            if sock is not None:
+                self.loop.remove_reader(sock)
+                sock.close(0)
+        for pending in [x for x in self._inflight.values() if x.addr in lost]:
+            self._retry_system(pending, f"node at {pending.addr} was lost")
 
     def _subscribe(self) -> None:
         assert self._ctl is not None
@@ -436,10 +573,19 @@ class Client:
             except (p.FrameError, KeyError, TypeError, ValueError) as exc:
                 log.warning("dropped a bad frame from control: %s", exc)
                 continue
+            before = {n["addr"] for n in self._nodes}
+            if not msg.header.get("settled", True):
+                # A control that just (re)started has not heard every node yet:
+                # absence from its list means nothing until it has settled.
+                known = {n["addr"] for n in nodes}
+                nodes += [n for n in self._nodes if n["addr"] not in known]
             with self._cond:
                 self._nodes = nodes
                 self._synced = True
                 self._cond.notify_all()
+            lost = before - {n["addr"] for n in nodes}
+            if lost:
+                self._on_nodes_lost(lost)
             if nodes and self._parked:
                 parked, self._parked = self._parked, []
                 for pending in parked:

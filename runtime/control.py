@@ -35,6 +35,7 @@ class ControlDaemon:
         self.endpoint = bind(self.sock, bind_address, "control")
         self.loop = EventLoop()
         self.members = Membership(dead_after)
+        self.started = time.monotonic()
         self.subscribers: dict[bytes, float] = {}
         self._expiry_timer: int | None = None
         self.loop.add_reader(self.sock, self._on_message)
@@ -102,7 +103,12 @@ class ControlDaemon:
         self._send_nodes(ident)
 
     def _nodes_frame(self) -> bytes:
-        return p.encode(p.MsgType.NODES, {"nodes": self.members.members()})
+        # Until a full heartbeat-expiry window has passed since start, a node
+        # missing from the list may just not have re-registered yet.
+        settled = time.monotonic() - self.started > self.members.dead_after
+        return p.encode(
+            p.MsgType.NODES, {"nodes": self.members.members(), "settled": settled}
+        )
 
     def _send_nodes(self, ident: bytes, frame: bytes | None = None) -> None:
         try:

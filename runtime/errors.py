@@ -4,9 +4,11 @@ from __future__ import annotations
 
 __all__ = [
     "ClusterError",
+    "FuelExhaustedError",
     "JobCancelledError",
     "JobTimeoutError",
     "LucidityError",
+    "MemoryLimitError",
     "NoNodesError",
     "RemoteError",
     "RemoteTraceback",
@@ -65,3 +67,11 @@ class RemoteError(LucidityError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.ename, self.evalue, self.traceback, self.node))
+
+
+class MemoryLimitError(LucidityError, MemoryError):
+    """A job's process went past the job's `memory` limit; its worker was replaced."""
+
+
+class FuelExhaustedError(LucidityError):
+    """A job used up its `fuel` (CPU time, 100 ms a unit); its worker was replaced."""

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NODE_PORT = 3031
 HEARTBEAT_S = 0.5
+# A client pings the nodes running its jobs every second; silent this long, it died.
+CLIENT_DEAD_AFTER_S = 10.0
 
 
 @dataclass
@@ -103,7 +106,9 @@ class NodeDaemon:
         self._client_handlers = {
             p.MsgType.SUBMIT: self._on_submit,
             p.MsgType.CANCEL: self._on_cancel,
+            p.MsgType.PING: self._on_ping,
         }
+        self.client_seen: dict[bytes, float] = {}
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -115,6 +120,7 @@ class NodeDaemon:
             self._spawn()
         if self.ctl is not None:
             self._heartbeat()
+        self._reap_clients()
         log.info("node %s listening on %s", self.node_id, self.endpoint)
         announce(self.endpoint)
         try:
@@ -263,6 +269,8 @@ class NodeDaemon:
         task = w.task
         w.task = None
         w.blocked = False
+        if header.get("retire"):
+            w.ready = False  # it exits after a limit error; replaced on exit
         if task is None:
             return
         self.tasks.pop((task.client, task.job_id), None)
@@ -301,10 +309,11 @@ class NodeDaemon:
             task = self.queue.popleft()
             idle.task = task
             running += 1
-            head = p.encode(
-                p.MsgType.RUN,
-                {"key": task.key, "target": task.header["target"]},
-            )
+            run = {"key": task.key, "target": task.header["target"]}
+            for limit in ("memory", "fuel"):
+                if task.header.get(limit) is not None:
+                    run[limit] = int(task.header[limit])
+            head = p.encode(p.MsgType.RUN, run)
             self.back.send_multipart([idle.wid, head, *task.payload], copy=False)
 
     # ---- clients ---------------------------------------------------------
@@ -319,6 +328,7 @@ class NodeDaemon:
                 log.warning("dropped a message of %d frames", len(frames))
                 continue
             ident = frames[0].bytes
+            self.client_seen[ident] = time.monotonic()
             try:
                 msg = p.decode(frames[1].buffer)
                 handler = self._client_handlers[msg.type]
@@ -343,6 +353,29 @@ class NodeDaemon:
         task = Task(next(self._keys), ident, job_id, header, payload)
         self.tasks[(ident, job_id)] = task
         self.queue.append(task)
+
+    def _on_ping(
+        self, ident: bytes, header: dict[str, Any], payload: list[zmq.Frame]
+    ) -> None:
+        self.front.send_multipart([ident, p.encode(p.MsgType.PONG)], zmq.NOBLOCK)
+
+    def _reap_clients(self) -> None:
+        """Drop the jobs of clients that stopped pinging (they died)."""
+        self.loop.call_later(CLIENT_DEAD_AFTER_S / 2, self._reap_clients)
+        now = time.monotonic()
+        dead = {c for c, t in self.client_seen.items() if now - t > CLIENT_DEAD_AFTER_S}
+        if not dead:
+            return
+        for ident in dead:
+            del self.client_seen[ident]
+        for task in list(self.tasks.values()):
+            if task.client in dead:
+                log.warning(
+                    "client gone: dropping job %d (%s)",
+                    task.job_id,
+                    task.header.get("target"),
+                )
+                self._on_cancel(task.client, {"id": task.job_id}, [])
 
     def _on_cancel(
         self, ident: bytes, header: dict[str, Any], payload: list[zmq.Frame]

@@ -52,6 +52,9 @@ class MsgType(enum.IntEnum):
     CANCEL = 11
     # node -> client
     RESULT = 12
+    # client -> node (liveness both ways); node -> client
+    PING = 13
+    PONG = 14
     # worker <-> node
     READY = 20
     RUN = 21

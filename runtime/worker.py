@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import resource
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from typing import Any
 import zmq
 
 from lucidity import protocol as p
+from lucidity.errors import FuelExhaustedError, MemoryLimitError
 from lucidity.handle import set_blocking_hooks
 
 __all__ = ["main", "resolve"]
@@ -28,6 +31,8 @@ __all__ = ["main", "resolve"]
 log = logging.getLogger(__name__)
 
 _cache: dict[str, Callable[..., Any]] = {}
+# One unit of `fuel` is 100 ms of CPU time.
+FUEL_UNIT_S = 0.1
 
 
 def resolve(target: str) -> Callable[..., Any]:
@@ -74,14 +79,90 @@ class _Blocking:
                 self.sock.send(p.encode(p.MsgType.UNBLOCKED))
 
 
-def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any]]:
+def _proc_status_kb(*fields: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in fields:
+                out[name] = int(value.split()[0])
+    return out
+
+
+class _Limits:
+    """A job's `memory` and `fuel`, enforced by the kernel, not by polling.
+
+    fuel: an ITIMER_PROF timer fires SIGPROF when the process has used that
+    much CPU time; the handler raises in the job's thread.
+    memory: RLIMIT_DATA caps the growth of private memory so that the process's
+    anonymous resident memory cannot pass the limit; malloc fails, Python raises
+    MemoryError. Address space the process had already reserved (libraries,
+    thread stacks) is not counted against the job.
+    """
+
+    def __init__(self, target: str, memory: int | None, fuel: int | None) -> None:
+        self.target = target
+        self.memory = memory
+        self.fuel = fuel
+        self.hit: BaseException | None = None
+
+    def __enter__(self) -> _Limits:
+        if self.fuel is not None:
+            signal.signal(signal.SIGPROF, self._out_of_fuel)
+            signal.setitimer(signal.ITIMER_PROF, self.fuel * FUEL_UNIT_S)
+        if self.memory is not None:
+            kb = _proc_status_kb("VmData", "RssAnon")
+            allowed = kb["VmData"] * 1024 + self.memory - kb["RssAnon"] * 1024
+            _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+            resource.setrlimit(resource.RLIMIT_DATA, (allowed, hard))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fuel is not None:
+            signal.setitimer(signal.ITIMER_PROF, 0)
+        if self.memory is not None:
+            _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+            resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
+
+    def _out_of_fuel(self, signum: int, frame: object) -> None:
+        assert self.fuel is not None
+        self.hit = FuelExhaustedError(
+            f"job {self.target} used up its fuel of {self.fuel} "
+            f"({self.fuel * FUEL_UNIT_S:.1f} s of CPU time)"
+        )
+        raise self.hit
+
+    def translate(self, exc: BaseException) -> BaseException | None:
+        """The limit error `exc` stands for, if it came from a limit."""
+        if self.hit is not None:
+            return self.hit
+        if self.memory is not None and isinstance(exc, MemoryError):
+            return MemoryLimitError(
+                f"job {self.target} went past its memory limit of {self.memory} "
+                f"bytes ({self.memory / 2**20:.0f} MiB)"
+            )
+        return None
+
+
+def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], bool]:
+    """Run one job: (ok, payload frames, whether this worker must retire)."""
+    target = str(header["target"])
+    memory = header.get("memory")
+    fuel = header.get("fuel")
+    limits = _Limits(target, memory, fuel)
     try:
-        func = resolve(str(header["target"]))
+        func = resolve(target)
         args = p.loads_payload(payload)
-        result = func(*args)
-        return True, p.dumps_payload(result)
+        with limits:
+            result = func(*args)
+        if limits.hit is not None:  # the job swallowed the limit's exception
+            raise limits.hit
+        return True, p.dumps_payload(result), False
     except BaseException as exc:  # noqa: B036 - even SystemExit is the job's result
-        return False, p.dumps_error(exc)
+        hit = limits.translate(exc)
+        if hit is not None:
+            return False, p.dumps_error(hit), True
+        return False, p.dumps_error(exc), False
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,11 +189,16 @@ def main(argv: list[str] | None = None) -> None:
             break
         if msg.type != p.MsgType.RUN:
             continue
-        ok, out = _run(msg.header, [f.buffer for f in frames[1:]])
-        head = p.encode(p.MsgType.DONE, {"key": msg.header.get("key"), "ok": ok})
+        ok, out, retire = _run(msg.header, [f.buffer for f in frames[1:]])
+        done = {"key": msg.header.get("key"), "ok": ok, "retire": retire}
         with lock:
-            sock.send_multipart([head, *out], copy=False)
-    sock.close(0)
+            sock.send_multipart([p.encode(p.MsgType.DONE, done), *out], copy=False)
+        if retire:
+            # After a limit hit the heap's state is unknown: a fresh worker
+            # takes this one's place.
+            break
+    sock.close(linger=2000)  # let a last DONE reach the node
+    ctx.term()
     os._exit(0)
 
 
