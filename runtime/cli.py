@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         default=0.5,
         help="heartbeat period to control (default 500)",
     )
+    node.add_argument(
+        "--cache",
+        default=None,
+        help="folder of fetched code bundles (default $LUCIDITY_CACHE or "
+        "~/.cache/lucidity/bundles)",
+    )
     node.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
 
     status = sub.add_parser("status", help="print the nodes and their workers")
@@ -163,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             None if args.standalone else args.control,
             args.workers,
             heartbeat_s=args.heartbeat_ms,
+            cache_dir=args.cache,
         ).run(parent_fd=0 if args.parent_pipe else None)
         return 0
     if args.command == "status":

@@ -28,6 +28,7 @@ import zmq
 from lucidity import protocol as p
 from lucidity._loop import EventLoop
 from lucidity._options import JobOptions
+from lucidity.bundle import Bundle, build_bundle
 from lucidity.errors import (
     ClusterError,
     JobTimeoutError,
@@ -144,6 +145,9 @@ class Client:
         self._parked: list[_Pending] = []
         self._park_timer: int | None = None
         self._last_heard: dict[str, float] = {}
+        self._bundles: dict[str, Bundle | None] = {}
+        self._by_digest: dict[str, Bundle] = {}
+        self._bundle_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._rr = itertools.count()
         self._closed = False
@@ -175,6 +179,9 @@ class Client:
         job: Job[Any] = Job(next(self._ids), target)
         job._cancel_hook = self._cancel
         header: dict[str, Any] = {"id": job.job_id, "target": target}
+        bundle = self._bundle(target)
+        if bundle is not None:
+            header["bundle"] = bundle.digest
         if options.memory is not None:
             header["memory"] = options.memory
         if options.fuel is not None:
@@ -196,6 +203,21 @@ class Client:
             addr = self.local_node()
         self._post(("submit", _Pending(job, frames, options, local, addr)))
         return job
+
+    def _bundle(self, target: str) -> Bundle | None:
+        module = target.partition(":")[0]
+        top = module.partition(".")[0]
+        try:
+            return self._bundles[top]
+        except KeyError:
+            pass
+        with self._bundle_lock:
+            if top not in self._bundles:
+                bundle = build_bundle(module)
+                if bundle is not None:
+                    self._by_digest[bundle.digest] = bundle
+                self._bundles[top] = bundle
+            return self._bundles[top]
 
     def _cancel(self, job: Job[Any]) -> None:
         if not self._closed:
@@ -474,6 +496,9 @@ class Client:
                 msg = p.decode(frames[0].buffer)
                 if msg.type == p.MsgType.PONG:
                     continue
+                if msg.type == p.MsgType.FETCH:
+                    self._send_bundle(sock, str(msg.header["bundle"]))
+                    continue
                 if msg.type != p.MsgType.RESULT:
                     raise p.FrameError(f"unexpected {msg.type.name}")
                 job_id = int(msg.header["id"])
@@ -515,6 +540,14 @@ class Client:
             self._inflight.pop(job_id, None)
             self._finish(pending)
             job.set_exception(error)
+
+    def _send_bundle(self, sock: zmq.Socket[Any], digest: str) -> None:
+        bundle = self._by_digest.get(digest)
+        if bundle is None:
+            log.warning("a node asked for bundle %s, which is not ours", digest[:12])
+            return
+        head = p.encode(p.MsgType.BUNDLE, {"bundle": digest})
+        sock.send_multipart([head, bundle.data], copy=False)
 
     def _ping(self) -> None:
         self.loop.call_later(PING_EVERY_S, self._ping)

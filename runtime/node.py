@@ -10,9 +10,11 @@ A worker's death is seen through its pidfd, in the same poller as the sockets.
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +23,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -28,7 +31,7 @@ import zmq
 from lucidity import protocol as p
 from lucidity._daemon import announce, bind, install_stop, watch_parent
 from lucidity._loop import EventLoop
-from lucidity.errors import WorkerLostError
+from lucidity.errors import ClusterError, WorkerLostError
 
 __all__ = ["NodeDaemon", "DEFAULT_NODE_PORT"]
 
@@ -36,6 +39,18 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NODE_PORT = 3031
 HEARTBEAT_S = 0.5
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def default_cache_dir() -> str:
+    """Where nodes keep fetched code bundles ($LUCIDITY_CACHE overrides)."""
+    env = os.environ.get("LUCIDITY_CACHE")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "lucidity", "bundles")
+
+
 # A client pings the nodes running its jobs every second; silent this long, it died.
 CLIENT_DEAD_AFTER_S = 10.0
 
@@ -57,6 +72,9 @@ class Worker:
     ready: bool = False
     task: Task | None = None
     blocked: bool = False
+    # The one bundle this worker imports from, adopted with its first job.
+    bundle: str | None = None
+    retiring: bool = False
 
 
 @dataclass
@@ -74,6 +92,7 @@ class NodeDaemon:
         control: str | None,
         workers: int,
         heartbeat_s: float = HEARTBEAT_S,
+        cache_dir: str | None = None,
     ) -> None:
         if workers < 1:
             raise SystemExit(f"lucidity node: --workers must be >= 1, got {workers}")
@@ -85,6 +104,9 @@ class NodeDaemon:
         self.front = self.ctx.socket(zmq.ROUTER)
         self.front.linger = 0
         self.endpoint = bind(self.front, bind_address, "node")
+        self.cache_dir = Path(cache_dir or default_cache_dir())
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.awaiting: dict[str, list[Task]] = {}
         self._dir = tempfile.mkdtemp(prefix="lucidity-node-")
         os.chmod(self._dir, 0o700)
         self.back = self.ctx.socket(zmq.ROUTER)
@@ -107,6 +129,7 @@ class NodeDaemon:
             p.MsgType.SUBMIT: self._on_submit,
             p.MsgType.CANCEL: self._on_cancel,
             p.MsgType.PING: self._on_ping,
+            p.MsgType.BUNDLE: self._on_bundle,
         }
         self.client_seen: dict[bytes, float] = {}
 
@@ -280,41 +303,86 @@ class NodeDaemon:
         else:
             self.stats.failed += 1
         self._reply(task, ok, payload)
-        idle = [x for x in self.workers.values() if x.ready and x.task is None]
-        if len(idle) > self.slots:
-            # Extra workers started while others were blocked: let them go.
-            self._retire(w)
 
     def _retire(self, w: Worker) -> None:
+        w.retiring = True
         try:
             self.back.send_multipart([w.wid, p.encode(p.MsgType.STOP)], zmq.NOBLOCK)
         except zmq.ZMQError:
             self._kill(w)
         w.ready = False
 
+    def _idle_for(self, bundle: str | None) -> Worker | None:
+        """An idle worker that may run a job of `bundle`: one already serving
+        it, else a fresh one (which adopts it)."""
+        fresh = None
+        for w in self.workers.values():
+            if not w.ready or w.task is not None or w.retiring:
+                continue
+            if w.bundle == bundle:
+                return w
+            if w.bundle is None and fresh is None:
+                fresh = w
+        return fresh
+
     def _pump(self) -> None:
-        """Start queued jobs while a slot is free; start workers if none is idle."""
+        """Start queued jobs while a slot is free; start workers if none fits."""
+        self._dispatch()
+        self._trim()
+
+    def _dispatch(self) -> None:
         running = self._running()
         while self.queue and running < self.slots:
-            idle = next(
-                (w for w in self.workers.values() if w.ready and w.task is None),
-                None,
-            )
-            if idle is None:
-                starting = sum(1 for w in self.workers.values() if not w.ready)
-                wanted = min(len(self.queue), self.slots - running) - starting
-                for _ in range(max(0, wanted)):
+            task = self.queue[0]
+            bundle = task.header.get("bundle")
+            w = self._idle_for(bundle)
+            if w is None:
+                starting = sum(
+                    1 for x in self.workers.values() if not x.ready and not x.retiring
+                )
+                if starting == 0:
+                    # Idle workers bound to another bundle make room for a fresh one.
+                    other = next(
+                        (
+                            x
+                            for x in self.workers.values()
+                            if x.ready and x.task is None and not x.retiring
+                        ),
+                        None,
+                    )
+                    if other is not None:
+                        self._retire(other)
                     self._spawn()
                 return
-            task = self.queue.popleft()
-            idle.task = task
+            self.queue.popleft()
+            w.task = task
             running += 1
-            run = {"key": task.key, "target": task.header["target"]}
+            run: dict[str, Any] = {"key": task.key, "target": task.header["target"]}
             for limit in ("memory", "fuel"):
                 if task.header.get(limit) is not None:
                     run[limit] = int(task.header[limit])
+            if bundle is not None:
+                w.bundle = bundle
+                run["bundle_path"] = str(self._bundle_path(bundle))
             head = p.encode(p.MsgType.RUN, run)
-            self.back.send_multipart([idle.wid, head, *task.payload], copy=False)
+            self.back.send_multipart([w.wid, head, *task.payload], copy=False)
+
+    def _trim(self) -> None:
+        """Let go of the extra workers started while others were blocked."""
+        if self.queue:
+            return
+        live = [w for w in self.workers.values() if not w.retiring]
+        blocked = sum(1 for w in live if w.blocked)
+        excess = len(live) - self.slots - blocked
+        for w in live:
+            if excess <= 0:
+                break
+            if w.ready and w.task is None:
+                self._retire(w)
+                excess -= 1
+
+    def _bundle_path(self, digest: str) -> Path:
+        return self.cache_dir / f"{digest}.zip"
 
     # ---- clients ---------------------------------------------------------
 
@@ -350,9 +418,51 @@ class NodeDaemon:
             raise ValueError(f"bad target {target!r}")
         if not payload:
             raise ValueError("no payload")
+        bundle = header.get("bundle")
+        if bundle is not None and not (
+            isinstance(bundle, str) and _DIGEST.fullmatch(bundle)
+        ):
+            raise ValueError(f"bad bundle digest {bundle!r}")
         task = Task(next(self._keys), ident, job_id, header, payload)
         self.tasks[(ident, job_id)] = task
+        if bundle is not None and not self._bundle_path(bundle).exists():
+            waiting = self.awaiting.setdefault(bundle, [])
+            if not waiting:
+                head = p.encode(p.MsgType.FETCH, {"bundle": bundle})
+                self.front.send_multipart([ident, head])
+            waiting.append(task)
+            return
         self.queue.append(task)
+
+    def _on_bundle(
+        self, ident: bytes, header: dict[str, Any], payload: list[zmq.Frame]
+    ) -> None:
+        digest = str(header["bundle"])
+        waiting = self.awaiting.pop(digest, None)
+        if waiting is None:
+            return  # not asked for (or already here): ignore
+        data = payload[0].bytes if payload else b""
+        if hashlib.sha256(data).hexdigest() != digest:
+            log.warning("bundle %s from a client failed its hash check", digest[:12])
+            for task in waiting:
+                self.tasks.pop((task.client, task.job_id), None)
+                self._reply(
+                    task,
+                    False,
+                    p.dumps_error(
+                        ClusterError(
+                            f"the code bundle sent for {task.header.get('target')} "
+                            f"does not match its hash {digest[:12]} (node {self.node_id})"
+                        )
+                    ),
+                )
+            return
+        path = self._bundle_path(digest)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        log.info("cached bundle %s (%d bytes)", digest[:12], len(data))
+        self.queue.extend(waiting)
 
     def _on_ping(
         self, ident: bytes, header: dict[str, Any], payload: list[zmq.Frame]
@@ -389,6 +499,10 @@ class NodeDaemon:
             return
         except ValueError:
             pass
+        for waiting in self.awaiting.values():
+            if task in waiting:
+                waiting.remove(task)
+                return
         for w in self.workers.values():
             if w.task is task:
                 self._kill(w)  # replaced when its pidfd fires

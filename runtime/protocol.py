@@ -55,6 +55,9 @@ class MsgType(enum.IntEnum):
     # client -> node (liveness both ways); node -> client
     PING = 13
     PONG = 14
+    # node -> client: send me this bundle; client -> node: here it is
+    FETCH = 15
+    BUNDLE = 16
     # worker <-> node
     READY = 20
     RUN = 21

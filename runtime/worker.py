@@ -31,6 +31,8 @@ __all__ = ["main", "resolve"]
 log = logging.getLogger(__name__)
 
 _cache: dict[str, Callable[..., Any]] = {}
+_bundle_paths: list[str] = []
+_SHIPS_ONLY = "lucidity ships only the job's own package"
 # One unit of `fuel` is 100 ms of CPU time.
 FUEL_UNIT_S = 0.1
 
@@ -147,6 +149,12 @@ class _Limits:
 def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], bool]:
     """Run one job: (ok, payload frames, whether this worker must retire)."""
     target = str(header["target"])
+    bundle_path = header.get("bundle_path")
+    if bundle_path is not None and bundle_path not in _bundle_paths:
+        # A worker serves one bundle: the node never sends it a second one.
+        _bundle_paths.append(str(bundle_path))
+        sys.path.insert(0, str(bundle_path))
+        importlib.invalidate_caches()
     memory = header.get("memory")
     fuel = header.get("fuel")
     limits = _Limits(target, memory, fuel)
@@ -162,6 +170,15 @@ def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], b
         hit = limits.translate(exc)
         if hit is not None:
             return False, p.dumps_error(hit), True
+        if type(exc) is ModuleNotFoundError and _SHIPS_ONLY not in str(exc):
+            node = os.environ.get("LUCIDITY_NODE_ID", "?")
+            missing = ModuleNotFoundError(
+                f"{exc} on node {node}: {_SHIPS_ONLY}; "
+                "install third-party packages on every node",
+                name=exc.name,
+            )
+            missing.__traceback__ = exc.__traceback__
+            return False, p.dumps_error(missing), False
         return False, p.dumps_error(exc), False
 
 
