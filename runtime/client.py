@@ -31,6 +31,7 @@ from lucidity._options import JobOptions
 from lucidity.bundle import Bundle, build_bundle
 from lucidity.errors import (
     ClusterError,
+    JobCancelledError,
     JobTimeoutError,
     LucidityError,
     NoNodesError,
@@ -276,53 +277,69 @@ class Client:
     ) -> list[Any]:
         """One job per item over the live nodes; results in input order.
 
-        In-flight jobs are bounded per node; the rest are submitted as results
-        come back. On a failure no further item is submitted; the jobs already
-        out finish, then the first failure (in input order) is raised.
+        In-flight jobs are bounded (FANOUT_WINDOW_PER_SLOT per worker slot of
+        the cluster) and the rest stream in as results come back; only the
+        results are kept, never a million pending jobs. On a failure no further
+        item is submitted; the jobs already out finish, then the first failure
+        in input order is raised.
         """
         wait_s = INIT_ATTEMPTS * options.init_retry_interval_ms / 1000
         with blocking():
-            nodes = self.nodes(timeout=wait_s)
-            if not nodes:
+            if not self.nodes(timeout=wait_s):
                 raise self._no_nodes_error(options)
-            window = sum(max(1, int(n.get("workers", 1))) for n in nodes)
-            window *= FANOUT_WINDOW_PER_SLOT
-            slots = threading.Semaphore(window)
             results: list[Any] = []
             failures: dict[int, BaseException] = {}
-            jobs: list[Job[Any]] = []
-            stop = threading.Event()
+            out: dict[int, Job[Any]] = {}
+            cond = threading.Condition()
             start = next(self._rr)
 
             def done(index: int, job: Future[Any]) -> None:
-                exc = job.exception() if not job.cancelled() else None
-                if exc is not None:
-                    failures[index] = exc
-                    stop.set()
-                slots.release()
+                with cond:
+                    out.pop(index, None)
+                    if job.cancelled():
+                        failures[index] = JobCancelledError(
+                            f"fanout item {index} of {target} was cancelled"
+                        )
+                    elif job.exception() is not None:
+                        failures[index] = job.exception()  # type: ignore[assignment]
+                    else:
+                        results[index] = job.result()
+                    cond.notify_all()
 
-            for index, args in enumerate(items):
-                slots.acquire()
-                if stop.is_set():
-                    slots.release()
-                    break
-                if options.fanout == "random":
-                    node = random.choice(nodes)
-                else:
-                    node = nodes[(start + index) % len(nodes)]
-                results.append(None)
-                job = self.submit(target, options, tuple(args), addr=node["addr"])
-                jobs.append(job)
-                job.add_done_callback(functools.partial(done, index))
-            for job in jobs:
-                try:
-                    job.exception()
-                except BaseException:  # cancelled: reported below
-                    pass
+            try:
+                for index, args in enumerate(items):
+                    nodes = self._nodes or self.nodes(timeout=wait_s)
+                    if not nodes:
+                        raise self._no_nodes_error(options)
+                    window = FANOUT_WINDOW_PER_SLOT * sum(
+                        max(1, int(n.get("workers", 1))) for n in nodes
+                    )
+                    with cond:
+                        while len(out) >= window and not failures:
+                            cond.wait()
+                        if failures:
+                            break
+                        results.append(None)
+                    if options.fanout == "random":
+                        node = random.choice(nodes)
+                    else:
+                        node = nodes[(start + index) % len(nodes)]
+                    job = self.submit(target, options, tuple(args), addr=node["addr"])
+                    with cond:
+                        out[index] = job
+                    job.add_done_callback(functools.partial(done, index))
+            except BaseException:
+                with cond:
+                    pending = list(out.values())
+                for job in pending:
+                    job.cancel()
+                raise
+            finally:
+                with cond:
+                    while out:
+                        cond.wait()
         if failures:
             raise failures[min(failures)]
-        for index, job in enumerate(jobs):
-            results[index] = job.result()
         return results
 
     def close(self) -> None:
@@ -425,7 +442,12 @@ class Client:
             self.loop.cancel(pending.timer)
             pending.timer = None
 
-    def _retry_system(self, pending: _Pending, cause: str) -> bool:
+    def _retry_system(
+        self,
+        pending: _Pending,
+        cause: str,
+        error_type: type[ClusterError] = ClusterError,
+    ) -> bool:
         """Run a job again elsewhere after a node or worker was lost.
 
         Bounded: after MAX_SYSTEM_ATTEMPTS the job fails with the cause.
@@ -436,7 +458,7 @@ class Client:
             self._finish(pending)
             if not job.done():
                 job.set_exception(
-                    ClusterError(
+                    error_type(
                         f"job {job.target} #{job.job_id} failed: {cause} "
                         f"(attempt {pending.system_attempts} of {MAX_SYSTEM_ATTEMPTS})"
                     )
@@ -526,7 +548,7 @@ class Client:
                 continue
             error = _decode_error(payload, node)
             if isinstance(error, WorkerLostError):
-                self._retry_system(pending, str(error))
+                self._retry_system(pending, str(error), WorkerLostError)
                 continue
             if pending.app_attempts < pending.options.retries and not isinstance(
                 error, LucidityError
