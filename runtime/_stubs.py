@@ -62,12 +62,20 @@ def submit_remote(ref: JobRef[T], args: tuple[Any, ...]) -> Job[T]:
 
 def run_local(ref: JobRef[T], args: tuple[Any, ...]) -> T:
     """Run `ref(*args)` on this process's own node and wait for it."""
-    return submit_local(ref, args).await_get()
+    from lucidity.client import get_client
+
+    job: Job[T] = get_client().submit(
+        ref.target, ref.options, args, local=True, blocking=True
+    )
+    return job.await_get()
 
 
 def run_remote(ref: JobRef[T], args: tuple[Any, ...]) -> T:
     """Run `ref(*args)` on a random live node and wait for it."""
-    return submit_remote(ref, args).await_get()
+    from lucidity.client import get_client
+
+    job: Job[T] = get_client().submit(ref.target, ref.options, args, blocking=True)
+    return job.await_get()
 
 
 def fanout(ref: JobRef[T], items: Iterable[tuple[Any, ...]]) -> list[T]:

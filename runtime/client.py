@@ -51,10 +51,11 @@ INIT_ATTEMPTS = 10
 SUBSCRIBE_EVERY_S = 1.0
 # Runs of one job after its node or worker was lost, before it fails.
 MAX_SYSTEM_ATTEMPTS = 3
-# While jobs are out on a node, it is pinged this often; a node silent for
-# NODE_SILENT_S is taken as lost even if control (maybe down) still lists it.
-PING_EVERY_S = 1.0
-NODE_SILENT_S = 5.0
+# While jobs are out on a node it is pinged every check interval of those jobs
+# (sync_retry_interval_ms / async_get_retry_interval_ms); a node silent for
+# SILENT_CHECKS intervals is lost even if control (maybe down) still lists it.
+SILENT_CHECKS = 20
+IDLE_PING_S = 1.0
 # Jobs of one fanout in flight per worker slot of a node; the rest stream in.
 FANOUT_WINDOW_PER_SLOT = 8
 
@@ -91,6 +92,8 @@ class _Pending:
         "system_attempts",
         "app_attempts",
         "timer",
+        "init_ms",
+        "check_ms",
     )
 
     def __init__(
@@ -100,8 +103,17 @@ class _Pending:
         options: JobOptions,
         local: bool,
         addr: str | None,
+        blocking: bool = False,
     ) -> None:
         self.job = job
+        # The seed's retry intervals, per variant: how long to wait for a node
+        # to place the job on, and how often to check the node running it.
+        if blocking:
+            self.init_ms = options.init_retry_interval_ms
+            self.check_ms = options.sync_retry_interval_ms
+        else:
+            self.init_ms = options.async_init_retry_interval_ms
+            self.check_ms = options.async_get_retry_interval_ms
         self.frames = frames
         self.options = options
         self.local = local
@@ -197,12 +209,17 @@ class Client:
         args: tuple[Any, ...],
         local: bool = False,
         addr: str | None = None,
+        blocking: bool = False,
     ) -> Job[Any]:
-        """Start `target(*args)`; on this process's node when `local`."""
+        """Start `target(*args)`; on this process's node when `local`.
+
+        `blocking` says the caller waits at once (`_local`/`_remote`/fanout),
+        which picks the sync rather than the async retry intervals.
+        """
         job, frames = self._new_job(target, options, args)
         if local:
             addr = self.local_node()
-        self._post(("submit", _Pending(job, frames, options, local, addr)))
+        self._post(("submit", _Pending(job, frames, options, local, addr, blocking)))
         return job
 
     def _bundle(self, target: str) -> Bundle | None:
@@ -258,17 +275,19 @@ class Client:
                 self._cond.wait(left)
             return list(self._nodes)
 
-    def _no_nodes_error(self, options: JobOptions) -> NoNodesError:
-        waited = INIT_ATTEMPTS * options.init_retry_interval_ms
+    def _no_nodes_error(
+        self, init_ms: int, option: str = "init_retry_interval_ms"
+    ) -> NoNodesError:
+        waited = INIT_ATTEMPTS * init_ms
         if self.control is not None and not self._synced:
             return NoNodesError(
                 f"control at {self.control} did not answer within {waited} ms "
-                f"({INIT_ATTEMPTS} x init_retry_interval_ms); is `lucidity control` "
+                f"({INIT_ATTEMPTS} x {option}); is `lucidity control` "
                 "running there?"
             )
         return NoNodesError(
             f"no live node in the cluster at {self.control} after waiting "
-            f"{waited} ms ({INIT_ATTEMPTS} x init_retry_interval_ms); "
+            f"{waited} ms ({INIT_ATTEMPTS} x {option}); "
             "start one with `lucidity node --control ...`"
         )
 
@@ -286,7 +305,7 @@ class Client:
         wait_s = INIT_ATTEMPTS * options.init_retry_interval_ms / 1000
         with blocking():
             if not self.nodes(timeout=wait_s):
-                raise self._no_nodes_error(options)
+                raise self._no_nodes_error(options.init_retry_interval_ms)
             results: list[Any] = []
             failures: dict[int, BaseException] = {}
             out: dict[int, Job[Any]] = {}
@@ -310,7 +329,7 @@ class Client:
                 for index, args in enumerate(items):
                     nodes = self._nodes or self.nodes(timeout=wait_s)
                     if not nodes:
-                        raise self._no_nodes_error(options)
+                        raise self._no_nodes_error(options.init_retry_interval_ms)
                     window = FANOUT_WINDOW_PER_SLOT * sum(
                         max(1, int(n.get("workers", 1))) for n in nodes
                     )
@@ -324,7 +343,9 @@ class Client:
                         node = random.choice(nodes)
                     else:
                         node = nodes[(start + index) % len(nodes)]
-                    job = self.submit(target, options, tuple(args), addr=node["addr"])
+                    job = self.submit(
+                        target, options, tuple(args), addr=node["addr"], blocking=True
+                    )
                     with cond:
                         out[index] = job
                     job.add_done_callback(functools.partial(done, index))
@@ -359,7 +380,7 @@ class Client:
     def _run(self) -> None:
         if self._ctl is not None:
             self._subscribe()
-        self.loop.call_later(PING_EVERY_S, self._ping)
+        self.loop.call_later(IDLE_PING_S, self._ping)
         try:
             self.loop.run()
         finally:
@@ -471,7 +492,7 @@ class Client:
         return True
 
     def _park(self, pending: _Pending) -> None:
-        wait_s = INIT_ATTEMPTS * pending.options.init_retry_interval_ms / 1000
+        wait_s = INIT_ATTEMPTS * pending.init_ms / 1000
         pending.deadline = time.monotonic() + wait_s
         self._parked.append(pending)
         self._arm_park_timer()
@@ -492,7 +513,14 @@ class Client:
         for pending in self._parked:
             if pending.deadline <= now:
                 if not pending.job.done():
-                    pending.job.set_exception(self._no_nodes_error(pending.options))
+                    option = (
+                        "init_retry_interval_ms"
+                        if pending.init_ms == pending.options.init_retry_interval_ms
+                        else "async_init_retry_interval_ms"
+                    )
+                    pending.job.set_exception(
+                        self._no_nodes_error(pending.init_ms, option)
+                    )
             else:
                 keep.append(pending)
         self._parked = keep
@@ -504,7 +532,8 @@ class Client:
         if pending is not None:
             self._finish(pending)
         if pending is not None and pending.addr is not None:
-            head = p.encode(p.MsgType.CANCEL, {"id": job_id})
+            grace = pending.options.shutdown_retry_interval_ms
+            head = p.encode(p.MsgType.CANCEL, {"id": job_id, "grace_ms": grace})
             self._sock(pending.addr).send(head)
 
     def _on_result(self, sock: zmq.Socket[Any], addr: str) -> None:
@@ -572,24 +601,32 @@ class Client:
         sock.send_multipart([head, bundle.data], copy=False)
 
     def _ping(self) -> None:
-        self.loop.call_later(PING_EVERY_S, self._ping)
         now = time.monotonic()
-        busy = {x.addr for x in self._inflight.values() if x.addr is not None}
-        silent = set()
-        for addr in [a for a in self._last_heard if a not in busy]:
+        check_ms: dict[str, int] = {}
+        for x in self._inflight.values():
+            if x.addr is not None:
+                check_ms[x.addr] = min(check_ms.get(x.addr, x.check_ms), x.check_ms)
+        period = min(check_ms.values(), default=IDLE_PING_S * 1000) / 1000
+        self.loop.call_later(period, self._ping)
+        for addr in [a for a in self._last_heard if a not in check_ms]:
             del self._last_heard[addr]  # idle nodes owe us nothing
+        silent = set()
         head = p.encode(p.MsgType.PING)
-        for addr in busy:
+        for addr, ms in check_ms.items():
             heard = self._last_heard.setdefault(addr, now)
-            if now - heard > NODE_SILENT_S:
+            if now - heard > SILENT_CHECKS * ms / 1000:
                 silent.add(addr)
+                log.warning(
+                    "node at %s silent for %.1f s (%d checks)",
+                    addr,
+                    now - heard,
+                    SILENT_CHECKS,
+                )
             else:
                 self._sock(addr).send(head, zmq.NOBLOCK)
         if silent:
             with self._cond:
                 self._nodes = [n for n in self._nodes if n["addr"] not in silent]
-            for addr in silent:
-                log.warning("node at %s silent for %.0f s", addr, NODE_SILENT_S)
             self._on_nodes_lost(silent)
 
     def _on_nodes_lost(self, lost: set[str]) -> None:

@@ -227,6 +227,18 @@ class NodeDaemon:
         except ProcessLookupError:
             pass
 
+    def _terminate(self, w: Worker, grace_s: float) -> None:
+        if grace_s <= 0:
+            self._kill(w)
+            return
+        try:
+            w.proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        self.loop.call_later(
+            grace_s, lambda: self._kill(w) if w.wid in self.workers else None
+        )
+
     def _on_worker_exit(self, w: Worker) -> None:
         self.loop.remove_reader(w.pidfd)
         os.close(w.pidfd)
@@ -503,9 +515,12 @@ class NodeDaemon:
             if task in waiting:
                 waiting.remove(task)
                 return
+        grace_s = max(0, int(header.get("grace_ms", 0))) / 1000
         for w in self.workers.values():
             if w.task is task:
-                self._kill(w)  # replaced when its pidfd fires
+                # SIGTERM lets the job clean up; SIGKILL after the job's
+                # shutdown_retry_interval_ms. Replaced when its pidfd fires.
+                self._terminate(w, grace_s)
 
     def _reply(self, task: Task, ok: bool, payload: list[Any]) -> None:
         head = p.encode(
