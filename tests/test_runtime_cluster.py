@@ -294,11 +294,6 @@ def test_daemon_refuses_non_loopback_without_keys(rt_daemons: Any) -> None:
 READY_OR_EXIT_S = 15.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design.md: a node that lacks the job's module gets the caller's source "
-    "bundle; runtime/worker.py resolve() only imports from the node's own path",
-)
 def test_code_reaches_nodes_by_itself(rt_client: Any, tmp_path: Path) -> None:
     private = tmp_path / "shipped"
     (private / "lucidity_shipped").mkdir(parents=True)
