@@ -119,3 +119,35 @@ def announce_then_sleep(path: str, seconds: float) -> float:
     Path(path).write_text(str(os.getpid()))
     time.sleep(seconds)
     return seconds
+
+
+@job(timeout=0.3)
+def too_slow(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@job(retries=2)
+def flaky(folder: str, failures: int) -> int:
+    """Fail the first `failures` runs (counted in files), then return the run."""
+    runs = len(list(Path(folder).iterdir())) + 1
+    (Path(folder) / f"run-{runs}").write_text(str(os.getpid()))
+    if runs <= failures:
+        raise AppError(f"run {runs} failed")
+    return runs
+
+
+@job(memory=64 * 1024 * 1024)
+def hog(megabytes: int) -> int:
+    block = bytearray(megabytes * 1024 * 1024)
+    return len(block) // (1024 * 1024)
+
+
+@job(fuel=2)
+def spin(seconds: float) -> int:
+    """Burn CPU for `seconds` (fuel 2 = 200 ms of CPU time)."""
+    end = time.process_time() + seconds
+    n = 0
+    while time.process_time() < end:
+        n += 1
+    return n
