@@ -19,6 +19,7 @@ import pickle
 import random
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
@@ -139,6 +140,7 @@ class Client:
         self._local_node = local_node
         self._private_node: Any = None
         self._pid = os.getpid()
+        self._identity = f"c{os.getpid()}-{uuid.uuid4().hex[:12]}".encode()
         self.ctx = zmq.Context()
         self._wake_r = self.ctx.socket(zmq.PAIR)
         self._wake_w = self.ctx.socket(zmq.PAIR)
@@ -192,6 +194,8 @@ class Client:
         job: Job[Any] = Job(next(self._ids), target)
         job._cancel_hook = self._cancel
         header: dict[str, Any] = {"id": job.job_id, "target": target}
+        if options.async_set_retry_interval_ms != 100:
+            header["set_ms"] = options.async_set_retry_interval_ms
         bundle = self._bundle(target)
         if bundle is not None:
             header["bundle"] = bundle.digest
@@ -422,6 +426,9 @@ class Client:
         if sock is None:
             sock = self.ctx.socket(zmq.DEALER)
             sock.linger = 0
+            # A fixed identity: after a reconnect the node still knows us and
+            # can deliver results it held (async_set_retry_interval_ms).
+            sock.setsockopt(zmq.IDENTITY, self._identity)
             sock.connect(addr)
             self._socks[addr] = sock
             self.loop.add_reader(sock, lambda: self._on_result(sock, addr))

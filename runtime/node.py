@@ -103,6 +103,10 @@ class NodeDaemon:
         self.ctx = zmq.Context()
         self.front = self.ctx.socket(zmq.ROUTER)
         self.front.linger = 0
+        # Tell us when a result's client is not connected, instead of dropping it.
+        self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A client that reconnects under its identity takes the old one's place.
+        self.front.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.endpoint = bind(self.front, bind_address, "node")
         self.cache_dir = Path(cache_dir or default_cache_dir())
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -441,7 +445,10 @@ class NodeDaemon:
             waiting = self.awaiting.setdefault(bundle, [])
             if not waiting:
                 head = p.encode(p.MsgType.FETCH, {"bundle": bundle})
-                self.front.send_multipart([ident, head])
+                try:
+                    self.front.send_multipart([ident, head], zmq.NOBLOCK)
+                except zmq.ZMQError as exc:
+                    log.warning("cannot ask a client for bundle %s: %s", bundle, exc)
             waiting.append(task)
             return
         self.queue.append(task)
@@ -479,7 +486,10 @@ class NodeDaemon:
     def _on_ping(
         self, ident: bytes, header: dict[str, Any], payload: list[zmq.Frame]
     ) -> None:
-        self.front.send_multipart([ident, p.encode(p.MsgType.PONG)], zmq.NOBLOCK)
+        try:
+            self.front.send_multipart([ident, p.encode(p.MsgType.PONG)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
 
     def _reap_clients(self) -> None:
         """Drop the jobs of clients that stopped pinging (they died)."""
@@ -526,7 +536,18 @@ class NodeDaemon:
         head = p.encode(
             p.MsgType.RESULT, {"id": task.job_id, "ok": ok, "node": self.node_id}
         )
+        self._deliver(task, [task.client, head, *payload])
+
+    def _deliver(self, task: Task, frames: list[Any]) -> None:
+        """Send a result; while its client is unreachable (reconnecting), try
+        again every async_set_retry_interval_ms until the client is reaped."""
         try:
-            self.front.send_multipart([task.client, head, *payload], copy=False)
+            self.front.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            return
         except zmq.ZMQError as exc:
-            log.warning("could not return job %d: %s", task.job_id, exc)
+            if task.client not in self.client_seen:
+                log.warning("job %d: its client is gone; result dropped", task.job_id)
+                return
+            log.info("job %d: client unreachable (%s); will retry", task.job_id, exc)
+        interval = max(1, int(task.header.get("set_ms", 100))) / 1000
+        self.loop.call_later(interval, lambda: self._deliver(task, frames))
