@@ -283,6 +283,7 @@ def machine() -> dict[str, Any]:
         "versions": versions,
         "commit": commit,
         "single_core_ms": single_core_ms(),
+        "loadavg": os.getloadavg()[0],
     }
 
 
@@ -349,7 +350,9 @@ def render(res: dict[str, Any], mach: dict[str, Any], codegen: dict[str, Any] | 
     L.append(f"- Date: {mach['date']}; lucidity commit {mach['commit']}")
     L.append(f"- Machine: nproc={mach['nproc']}, {mach['cpu']}, RAM {mach['ram']}, "
              f"Linux {mach['kernel']}, {mach['python']}; single-core speed: "
-             f"sum(i*i for i in range(10**6)) = {mach['single_core_ms']:.1f} ms (best of 5)")
+             f"sum(i*i for i in range(10**6)) = {mach['single_core_ms']:.1f} ms (best of 5); "
+             f"1-min load average at start {mach['loadavg']:.2f} (other work on the machine "
+             "skews figures: compare within one run)")
     L.append("- Packages: " + ", ".join(f"{k} {v}" for k, v in mach["versions"].items()))
     L.append(f"- Sizes: latency {s.latency_n} sequential round trips after {s.latency_warmup} "
              f"warm-up; fanout {s.fanout_n:,} jobs (smaller N for slow engines, shown in the "
@@ -445,7 +448,12 @@ def render(res: dict[str, Any], mach: dict[str, Any], codegen: dict[str, Any] | 
         cells = []
         for e in others:
             r = _ratio(mine, _val(res, e, w, key))
-            cells.append(f"{r:.3g}x" if r is not None else _cell(res, e, w, key))
+            if r is not None:
+                cells.append(f"{r:.3g}x")
+            elif mine is None:
+                cells.append("-")
+            else:
+                cells.append(_cell(res, e, w, key))
         L.append(f"| {label} | {_fmt(mine, digits)} | " + " | ".join(cells) + " |")
     L.append("")
 
@@ -471,7 +479,9 @@ def render(res: dict[str, Any], mach: dict[str, Any], codegen: dict[str, Any] | 
                  f"{e.get('child_wall_s', 0):.1f} s"
                  + (f"; cluster setup {e['setup_s']:.2f} s" if "setup_s" in e else "")
                  + (f"; single-core speed just before: {e['single_core_ms']:.1f} ms"
-                    if "single_core_ms" in e else ""))
+                    if "single_core_ms" in e else "")
+                 + (f"; 1-min load average just before: {e['loadavg']:.2f}"
+                    if "loadavg" in e else ""))
         for w in WORKLOADS:
             d = e.get("workloads", {}).get(w)
             if d is None:
@@ -539,9 +549,10 @@ def main() -> int:
     res: dict[str, Any] = {}
     for name in engines:
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", file=sys.stderr, flush=True)
-        speed = single_core_ms()
+        speed, load = single_core_ms(), os.getloadavg()[0]
         res[name] = run_engine(name, args.quick, logdir)
         res[name]["single_core_ms"] = speed
+        res[name]["loadavg"] = load
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {res[name]['status']}", file=sys.stderr,
               flush=True)
     codegen = None

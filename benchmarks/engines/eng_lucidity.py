@@ -36,13 +36,17 @@ class Engine:
 
     def latency(self) -> dict[str, Any]:
         s = self.sizes
-        return common.measure_latency(self.jobs.square_remote, s.latency_n, s.latency_warmup)
+        data = common.measure_latency(self.jobs.square_remote, s.latency_n, s.latency_warmup)
+        data["how"] = "square_remote(x)"
+        return data
 
     def fanout(self) -> dict[str, Any]:
         self.jobs.square_remote_fanout(range(1000))  # warm-up
-        return common.measure_fanout(
+        data = common.measure_fanout(
             lambda n: self.jobs.square_remote_fanout(range(n)), self.sizes.fanout_n
         )
+        data["how"] = "square_remote_fanout(range(n))"
+        return data
 
     def nested(self) -> dict[str, Any]:
         data = common.measure_nested(self.jobs.pythagorean_remote_fanout, self.sizes.nested_n)
