@@ -28,6 +28,14 @@ from lucidity import protocol as p
 from lucidity._daemon import announce, bind, install_stop, watch_parent
 from lucidity._loop import EventLoop
 from lucidity.errors import WorkerLostError
+from lucidity.security import (
+    DEFAULT_MAX_MESSAGE_MB,
+    KEYS_ENV,
+    MAX_MESSAGE_ENV,
+    Guard,
+    Keys,
+    check_bind,
+)
 
 __all__ = ["NodeDaemon", "DEFAULT_NODE_PORT"]
 
@@ -71,16 +79,22 @@ class NodeDaemon:
         control: str | None,
         workers: int,
         heartbeat_s: float = HEARTBEAT_S,
+        keys: Keys | None = None,
+        insecure: bool = False,
+        max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
     ) -> None:
         if workers < 1:
             raise SystemExit(f"lucidity node: --workers must be >= 1, got {workers}")
+        check_bind(bind_address, keys, insecure, "node")
         self.node_id = uuid.uuid4().hex[:12]
         self.slots = workers
         self.control_address = control
         self.heartbeat_s = heartbeat_s
         self.ctx = zmq.Context()
+        self.guard = Guard(self.ctx, keys, max_message_mb)
         self.front = self.ctx.socket(zmq.ROUTER)
         self.front.linger = 0
+        self.guard.server(self.front)
         self.endpoint = bind(self.front, bind_address, "node")
         self._dir = tempfile.mkdtemp(prefix="lucidity-node-")
         os.chmod(self._dir, 0o700)
@@ -91,6 +105,7 @@ class NodeDaemon:
         if control:
             self.ctl = self.ctx.socket(zmq.DEALER)
             self.ctl.linger = 0
+            self.guard.client(self.ctl)
             self.ctl.connect(control)
         self.loop = EventLoop()
         self.loop.add_reader(self.front, self._on_client)
@@ -140,6 +155,7 @@ class NodeDaemon:
         for sock in (self.front, self.back, self.ctl):
             if sock is not None:
                 sock.close(0)
+        self.guard.stop()
         self.ctx.term()
         shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -181,6 +197,12 @@ class NodeDaemon:
             env["LUCIDITY_CONTROL"] = self.control_address
         else:
             env.pop("LUCIDITY_CONTROL", None)
+        # Workers are clients too (nested jobs): they use this node's keys.
+        if self.guard.keys is not None:
+            env[KEYS_ENV] = str(self.guard.keys.path)
+        else:
+            env.pop(KEYS_ENV, None)
+        env[MAX_MESSAGE_ENV] = str(self.guard.max_message_mb)
         proc = subprocess.Popen(
             [sys.executable, "-m", "lucidity.worker", self.back_endpoint],
             stdin=subprocess.PIPE,
@@ -317,6 +339,8 @@ class NodeDaemon:
                 break
             if len(frames) < 2:
                 log.warning("dropped a message of %d frames", len(frames))
+                continue
+            if not self.guard.allows(frames[1]):
                 continue
             ident = frames[0].bytes
             try:
