@@ -160,7 +160,11 @@ class Client:
             secure_client(sock, keys)
         set_max_message(sock, self._max_mb)
         watch = HandshakeWatch(
-            sock, addr, keys, functools.partial(self._on_refused, addr)
+            sock,
+            addr,
+            keys,
+            functools.partial(self._on_refused, addr),
+            functools.partial(self._refused.pop, addr, None),
         )
         self._watches.append(watch)
         self.loop.add_reader(watch.monitor, watch.on_event)

@@ -340,9 +340,10 @@ class NodeDaemon:
             if len(frames) < 2:
                 log.warning("dropped a message of %d frames", len(frames))
                 continue
-            if not self.guard.allows(frames[1]):
-                continue
             ident = frames[0].bytes
+            if not self.guard.allows(frames[1]):
+                self.guard.refuse(self.front, ident, frames[1])
+                continue
             try:
                 msg = p.decode(frames[1].buffer)
                 handler = self._client_handlers[msg.type]

@@ -358,6 +358,28 @@ class Guard:
     def allows(self, frame: zmq.Frame) -> bool:
         return self.authorizer is None or self.authorizer.allows(frame)
 
+    def refuse(self, sock: zmq.Socket[Any], ident: bytes, frame: zmq.Frame) -> None:
+        """Answer a revoked member's job with an error rather than silence, so
+        its caller fails at once instead of waiting forever."""
+        from lucidity import protocol as p
+
+        try:
+            msg = p.decode(frame.buffer)
+            if msg.type != p.MsgType.SUBMIT:
+                return
+            job_id = int(msg.header["id"])
+        except (p.FrameError, KeyError, TypeError, ValueError):
+            return
+        error = AuthenticationError(
+            "this member's key is no longer authorised by the cluster "
+            "(it was revoked from the daemons' authorized/ folder)"
+        )
+        head = p.encode(p.MsgType.RESULT, {"id": job_id, "ok": False, "node": ""})
+        try:
+            sock.send_multipart([ident, head, *p.dumps_error(error)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
     def stop(self) -> None:
         if self.authorizer is not None:
             self.authorizer.stop()
@@ -371,9 +393,10 @@ HANDSHAKE_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
-# An explicit refusal (AUTH) fails at once; a handshake that breaks without a
-# reason (wrong server key, no keys against a keyed daemon, a keyed client
-# against an open one) fails after this many in a row without a success.
+# A refusal (AUTH) or a protocol failure (such as a mechanism mismatch: no keys
+# against a keyed daemon, after which ZeroMQ stops reconnecting) fails at once;
+# a handshake that breaks with no detail (a wrong server key, or no keys)
+# fails after this many in a row without a success.
 _UNEXPLAINED_FAILURES = 2
 
 
@@ -401,7 +424,8 @@ class HandshakeWatch:
     """Follow one socket's handshakes through its monitor socket.
 
     `on_refused(error)` is called once per run of failures; a later successful
-    handshake (keys fixed, member re-authorised) resets it.
+    handshake (keys fixed, member re-authorised) resets it and calls
+    `on_accepted()`.
     """
 
     def __init__(
@@ -410,11 +434,13 @@ class HandshakeWatch:
         address: str,
         keys: Keys | None,
         on_refused: Callable[[AuthenticationError], None],
+        on_accepted: Callable[[], object] | None = None,
     ) -> None:
         self.sock = sock
         self.address = address
         self.keys = keys
         self.on_refused = on_refused
+        self.on_accepted = on_accepted
         self.monitor: zmq.Socket[Any] = sock.get_monitor_socket(HANDSHAKE_EVENTS)
         self.monitor.linger = 0
         self.failures = 0
@@ -433,11 +459,15 @@ class HandshakeWatch:
             except Exception:  # a monitor message we cannot read: ignore it
                 continue
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                was_refused = self.error is not None
                 self.failures, self.error = 0, None
+                if was_refused and self.on_accepted is not None:
+                    self.on_accepted()
                 continue
             self.failures += 1
             auth = event == zmq.EVENT_HANDSHAKE_FAILED_AUTH
-            if self.error is None and (auth or self.failures >= _UNEXPLAINED_FAILURES):
+            final = auth or event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            if self.error is None and (final or self.failures >= _UNEXPLAINED_FAILURES):
                 self.error = handshake_error(self.address, self.keys, auth)
                 log.warning("%s", self.error)
                 self.on_refused(self.error)
