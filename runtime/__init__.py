@@ -6,9 +6,12 @@ Importing `lucidity` loads neither libcst, jinja2 nor black.
 
 from __future__ import annotations
 
+import os
+
 from lucidity._decorator import job
 from lucidity._options import JobOptions, OptionError
 from lucidity.errors import (
+    AuthenticationError,
     ClusterError,
     FuelExhaustedError,
     JobCancelledError,
@@ -21,6 +24,7 @@ from lucidity.errors import (
 from lucidity.handle import Job
 
 __all__ = [
+    "AuthenticationError",
     "ClusterError",
     "FuelExhaustedError",
     "Job",
@@ -40,15 +44,16 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def connect(address: str) -> None:
+def connect(address: str, keys: str | os.PathLike[str] | None = None) -> None:
     """Use the cluster whose control daemon listens at `address`.
 
     Call before the first job; without it (and without `LUCIDITY_CONTROL`),
-    an embedded cluster starts on first use.
+    an embedded cluster starts on first use. `keys` is the cluster's keys
+    folder (from `lucidity keygen`), or a member's; default `$LUCIDITY_KEYS`.
     """
     from lucidity.client import connect as _connect
 
-    _connect(address)
+    _connect(address, keys)
 
 
 def shutdown() -> None:

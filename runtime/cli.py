@@ -1,4 +1,4 @@
-"""`lucidity`: the daemons (`control`, `node`) and `status`.
+"""`lucidity`: the daemons (`control`, `node`), `status` and `keygen`.
 
 The only place that configures logging handlers.
 """
@@ -9,6 +9,8 @@ import argparse
 import logging
 import os
 import sys
+import time
+from typing import Any
 
 __all__ = ["main"]
 
@@ -38,6 +40,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_security(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--keys",
+        metavar="DIR",
+        default=os.environ.get("LUCIDITY_KEYS") or None,
+        help="the cluster's keys folder, from `lucidity keygen` (default "
+        "$LUCIDITY_KEYS); with it every connection is encrypted and only "
+        "authorised members get in",
+    )
+    sub.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening on a non-loopback address without keys",
+    )
+    sub.add_argument(
+        "--max-message-mb",
+        type=_positive_int,
+        default=1024,
+        help="drop peers that send a frame larger than this (default 1024)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lucidity", description="lucidity's daemons and cluster tools"
@@ -59,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         default=3.0,
         help="drop a node silent for this long (default 3000)",
     )
+    _add_security(ctl)
     ctl.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
 
     node = sub.add_parser("node", help="run jobs in worker processes")
@@ -89,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         help="folder of fetched code bundles (default $LUCIDITY_CACHE or "
         "~/.cache/lucidity/bundles)",
     )
+    _add_security(node)
     node.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
 
     status = sub.add_parser("status", help="print the nodes and their workers")
@@ -98,26 +124,61 @@ def _parser() -> argparse.ArgumentParser:
         help="control address (default $LUCIDITY_CONTROL or " + DEFAULT_CONTROL + ")",
     )
     status.add_argument("--timeout-ms", type=_positive_ms, default=3.0)
+    status.add_argument(
+        "--keys",
+        metavar="DIR",
+        default=os.environ.get("LUCIDITY_KEYS") or None,
+        help="keys folder (default $LUCIDITY_KEYS)",
+    )
+
+    keygen = sub.add_parser("keygen", help="make a cluster's CURVE keys")
+    keygen.add_argument("dir", metavar="DIR", help="the keys folder (created 0700)")
+    keygen.add_argument(
+        "--member",
+        metavar="NAME",
+        help="add a member to DIR's cluster: writes DIR/members/NAME/ (copy it "
+        "to the member) and authorises DIR/authorized/NAME.key",
+    )
     return parser
 
 
-def _status(control: str, timeout: float) -> int:
+def _status(control: str, timeout: float, keys_dir: str | None) -> int:
     import zmq
 
     from lucidity import protocol as p
+    from lucidity import security as sec
+    from lucidity.errors import AuthenticationError
 
+    keys = sec.load_keys(keys_dir) if keys_dir else None
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
+    if keys is not None:
+        sec.secure_client(sock, keys)
+    sec.set_max_message(sock, sec.client_max_message())
+    refused: list[AuthenticationError] = []
+    watch = sec.HandshakeWatch(sock, control, keys, refused.append)
     try:
         sock.connect(control)
         sock.send(p.encode(p.MsgType.SUBSCRIBE, {"once": True}))
-        if not sock.poll(int(timeout * 1000)):
-            print(
-                f"lucidity status: no answer from control at {control} within "
-                f"{timeout * 1000:.0f} ms",
-                file=sys.stderr,
-            )
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(watch.monitor, zmq.POLLIN)
+        deadline = time.monotonic() + timeout
+        while not refused and sock not in dict(poller.poll(0)):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                print(
+                    f"lucidity status: no answer from control at {control} within "
+                    f"{timeout * 1000:.0f} ms (is it running? does the cluster "
+                    "require keys: --keys DIR or LUCIDITY_KEYS?)",
+                    file=sys.stderr,
+                )
+                return 1
+            if watch.monitor in dict(poller.poll(int(left * 1000) + 1)):
+                watch.on_event()
+        if refused:
+            print(f"lucidity status: {refused[0]}", file=sys.stderr)
             return 1
         msg = p.decode(sock.recv())
     except zmq.ZMQError as exc:
@@ -127,6 +188,7 @@ def _status(control: str, timeout: float) -> int:
         )
         return 1
     finally:
+        watch.close()
         sock.close(0)
         ctx.term()
     nodes = msg.header.get("nodes", [])
@@ -154,10 +216,47 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    from lucidity.errors import KeysError
+
+    try:
+        return _dispatch(args)
+    except KeysError as exc:
+        print(f"lucidity {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _security(args: argparse.Namespace) -> dict[str, Any]:
+    from lucidity.security import load_keys
+
+    keys = load_keys(args.keys, server=True) if args.keys else None
+    return {
+        "keys": keys,
+        "insecure": args.insecure,
+        "max_message_mb": args.max_message_mb,
+    }
+
+
+def _keygen(folder: str, member: str | None) -> int:
+    from lucidity.security import add_member, keygen
+
+    if member:
+        target = add_member(folder, member)
+        print(f"member {member!r} added: copy {target} to its machine and set")
+        print(
+            f"LUCIDITY_KEYS to it there; revoke with rm {folder}/authorized/{member}.key"
+        )
+    else:
+        target = keygen(folder)
+        print(f"cluster keys written to {target}: copy the folder to every machine,")
+        print("then start daemons with --keys DIR and clients with LUCIDITY_KEYS=DIR")
+    return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "control":
         from lucidity.control import ControlDaemon
 
-        ControlDaemon(args.bind, dead_after=args.dead_after_ms).run(
+        ControlDaemon(args.bind, dead_after=args.dead_after_ms, **_security(args)).run(
             parent_fd=0 if args.parent_pipe else None
         )
         return 0
@@ -170,10 +269,13 @@ def main(argv: list[str] | None = None) -> int:
             args.workers,
             heartbeat_s=args.heartbeat_ms,
             cache_dir=args.cache,
+            **_security(args),
         ).run(parent_fd=0 if args.parent_pipe else None)
         return 0
     if args.command == "status":
-        return _status(args.control, args.timeout_ms)
+        return _status(args.control, args.timeout_ms, args.keys)
+    if args.command == "keygen":
+        return _keygen(args.dir, args.member)
     raise AssertionError(args.command)
 
 

@@ -31,6 +31,7 @@ from lucidity._loop import EventLoop
 from lucidity._options import JobOptions
 from lucidity.bundle import Bundle, build_bundle
 from lucidity.errors import (
+    AuthenticationError,
     ClusterError,
     JobCancelledError,
     JobTimeoutError,
@@ -41,6 +42,15 @@ from lucidity.errors import (
     WorkerLostError,
 )
 from lucidity.handle import Job, blocking
+from lucidity.security import (
+    HandshakeWatch,
+    Keys,
+    client_max_message,
+    keys_from_env,
+    load_keys,
+    secure_client,
+    set_max_message,
+)
 
 __all__ = ["Client", "connect", "get_client", "shutdown"]
 
@@ -135,8 +145,16 @@ class Client:
         control: str | None,
         local_node: str | None = None,
         static_nodes: list[str] | None = None,
+        keys: Keys | None = None,
     ) -> None:
         self.control = control
+        self.keys = keys
+        # Keys for one address instead of `keys` (this process's private node).
+        self._addr_keys: dict[str, Keys] = {}
+        self._watches: list[HandshakeWatch] = []
+        # Addresses whose handshake refused us, and why.
+        self._refused: dict[str, AuthenticationError] = {}
+        self._max_mb = client_max_message()
         self._local_node = local_node
         self._private_node: Any = None
         self._pid = os.getpid()
@@ -172,12 +190,50 @@ class Client:
         if control is not None:
             self._ctl = self.ctx.socket(zmq.DEALER)
             self._ctl.linger = 0
+            self._secure(self._ctl, control)
             self._ctl.connect(control)
             self.loop.add_reader(self._ctl, self._on_control)
         self._thread = threading.Thread(
             target=self._run, name="lucidity-client", daemon=True
         )
         self._thread.start()
+
+    # ---- security --------------------------------------------------------
+
+    def _secure(self, sock: zmq.Socket[Any], addr: str) -> None:
+        """Keys and size limit for `sock`, and a watch on its handshakes."""
+        keys = self._addr_keys.get(addr, self.keys)
+        if keys is not None:
+            secure_client(sock, keys)
+        set_max_message(sock, self._max_mb)
+        watch = HandshakeWatch(
+            sock,
+            addr,
+            keys,
+            functools.partial(self._on_refused, addr),
+            functools.partial(self._refused.pop, addr, None),
+        )
+        self._watches.append(watch)
+        self.loop.add_reader(watch.monitor, watch.on_event)
+
+    def _on_refused(self, addr: str, error: AuthenticationError) -> None:
+        """`addr` refused our handshake: fail what waits on it, at once."""
+        self._refused[addr] = error
+        for job_id, pending in list(self._inflight.items()):
+            if pending.addr == addr:
+                del self._inflight[job_id]
+                if not pending.job.done():
+                    pending.job.set_exception(error)
+        if addr == self.control:
+            parked, self._parked = self._parked, []
+            for pending in parked:
+                if not pending.job.done():
+                    pending.job.set_exception(error)
+            with self._cond:
+                self._cond.notify_all()
+
+    def _control_refused(self) -> AuthenticationError | None:
+        return self._refused.get(self.control) if self.control else None
 
     # ---- caller side -----------------------------------------------------
 
@@ -252,14 +308,17 @@ class Client:
             from lucidity.embedded import start_private_node
 
             self._private_node = start_private_node()
-            self._local_node = self._private_node.nodes[0]
+            node = self._private_node.nodes[0]
+            if self._private_node.keys is not None:
+                self._addr_keys[node] = self._private_node.keys
+            self._local_node = node
         return self._local_node
 
     def nodes(self, timeout: float = 0.0) -> list[dict[str, Any]]:
         """The live nodes; waits up to `timeout` for at least one."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while not self._nodes:
+            while not self._nodes and self._control_refused() is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -270,6 +329,9 @@ class Client:
         deadline = time.monotonic() + timeout
         with self._cond:
             while len(self._nodes) < count:
+                refused = self._control_refused()
+                if refused is not None:
+                    raise refused
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ClusterError(
@@ -281,13 +343,17 @@ class Client:
 
     def _no_nodes_error(
         self, init_ms: int, option: str = "init_retry_interval_ms"
-    ) -> NoNodesError:
+    ) -> ClusterError:
+        refused = self._control_refused()
+        if refused is not None:
+            return refused
         waited = INIT_ATTEMPTS * init_ms
         if self.control is not None and not self._synced:
             return NoNodesError(
                 f"control at {self.control} did not answer within {waited} ms "
                 f"({INIT_ATTEMPTS} x {option}); is `lucidity control` "
-                "running there?"
+                "running there? (if the cluster requires keys, set LUCIDITY_KEYS=DIR "
+                "or lucidity.connect(address, keys=DIR))"
             )
         return NoNodesError(
             f"no live node in the cluster at {self.control} after waiting "
@@ -389,6 +455,8 @@ class Client:
             self.loop.run()
         finally:
             self._fail_all(ClusterError("the lucidity client shut down"))
+            for watch in self._watches:
+                watch.close()
             for sock in (self._wake_r, self._wake_w, self._ctl, *self._socks.values()):
                 if sock is not None:
                     sock.close(0)
@@ -429,6 +497,7 @@ class Client:
             # A fixed identity: after a reconnect the node still knows us and
             # can deliver results it held (async_set_retry_interval_ms).
             sock.setsockopt(zmq.IDENTITY, self._identity)
+            self._secure(sock, addr)
             sock.connect(addr)
             self._socks[addr] = sock
             self.loop.add_reader(sock, lambda: self._on_result(sock, addr))
@@ -444,6 +513,10 @@ class Client:
                 return
             addr = random.choice(self._nodes)["addr"]
         pending.addr = addr
+        refused = self._refused.get(addr)
+        if refused is not None:
+            pending.job.set_exception(refused)
+            return
         self._inflight[pending.job.job_id] = pending
         self._last_heard.setdefault(addr, time.monotonic())
         if pending.timer is None and pending.options.timeout is not None:
@@ -499,6 +572,10 @@ class Client:
         return True
 
     def _park(self, pending: _Pending) -> None:
+        refused = self._control_refused()
+        if refused is not None:
+            pending.job.set_exception(refused)
+            return
         wait_s = INIT_ATTEMPTS * pending.init_ms / 1000
         pending.deadline = time.monotonic() + wait_s
         self._parked.append(pending)
@@ -698,6 +775,7 @@ _lock = threading.Lock()
 _client: Client | None = None
 _cluster: Any = None
 _address: str | None = None
+_keys: Keys | None = None
 _atexit_registered = False
 
 
@@ -710,12 +788,14 @@ def _check_address(address: str) -> str:
     return address
 
 
-def connect(address: str) -> None:
-    """Use the control daemon at `address` from now on in this process."""
-    global _address
+def connect(address: str, keys: str | os.PathLike[str] | None = None) -> None:
+    """Use the control daemon at `address` from now on in this process, with
+    the keys folder `keys` (default `$LUCIDITY_KEYS`, if set)."""
+    global _address, _keys
     _check_address(address)
+    loaded = load_keys(keys) if keys is not None else None
     with _lock:
-        _address = address
+        _address, _keys = address, loaded
     _reset()
 
 
@@ -733,17 +813,23 @@ def get_client() -> Client:
         env_control = os.environ.get("LUCIDITY_CONTROL")
         env_node = os.environ.get("LUCIDITY_NODE")
         if _address is not None:
-            _client = Client(_address)
+            _client = Client(_address, keys=_keys or keys_from_env())
         elif env_control:
-            _client = Client(_check_address(env_control), local_node=env_node)
+            _client = Client(
+                _check_address(env_control), local_node=env_node, keys=keys_from_env()
+            )
         elif env_node:
             # A worker of a standalone node: its node is its whole cluster.
-            _client = Client(None, local_node=env_node, static_nodes=[env_node])
+            _client = Client(
+                None, local_node=env_node, static_nodes=[env_node], keys=keys_from_env()
+            )
         else:
             from lucidity.embedded import start_embedded
 
             _cluster = start_embedded()
-            _client = Client(_cluster.control, local_node=_cluster.nodes[0])
+            _client = Client(
+                _cluster.control, local_node=_cluster.nodes[0], keys=_cluster.keys
+            )
             try:
                 _client.wait_for_nodes(len(_cluster.nodes), timeout=15)
             except BaseException:

@@ -17,6 +17,7 @@ from lucidity import protocol as p
 from lucidity._daemon import announce, bind, install_stop, watch_parent
 from lucidity._liveness import Membership
 from lucidity._loop import EventLoop
+from lucidity.security import DEFAULT_MAX_MESSAGE_MB, Guard, Keys, check_bind
 
 __all__ = ["ControlDaemon", "DEFAULT_CONTROL_PORT"]
 
@@ -28,10 +29,20 @@ SUBSCRIPTION_LEASE_S = 5.0
 
 
 class ControlDaemon:
-    def __init__(self, bind_address: str, dead_after: float = 3.0) -> None:
+    def __init__(
+        self,
+        bind_address: str,
+        dead_after: float = 3.0,
+        keys: Keys | None = None,
+        insecure: bool = False,
+        max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+    ) -> None:
+        check_bind(bind_address, keys, insecure, "control")
         self.ctx = zmq.Context()
+        self.guard = Guard(self.ctx, keys, max_message_mb)
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.linger = 0
+        self.guard.server(self.sock)
         self.endpoint = bind(self.sock, bind_address, "control")
         self.loop = EventLoop()
         self.members = Membership(dead_after)
@@ -54,18 +65,21 @@ class ControlDaemon:
             self.loop.run()
         finally:
             self.sock.close(0)
+            self.guard.stop()
             self.ctx.term()
 
     def _on_message(self) -> None:
         while True:
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                raw = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if len(frames) < 2:
-                log.warning("dropped a message of %d frames", len(frames))
+            if len(raw) < 2:
+                log.warning("dropped a message of %d frames", len(raw))
                 continue
-            ident, head = frames[0], frames[1]
+            if not self.guard.allows(raw[1]):
+                continue
+            ident, head = raw[0].bytes, raw[1].bytes
             try:
                 msg = p.decode(head)
                 handler = self._handlers[msg.type]

@@ -4,6 +4,11 @@ With no cluster configured, the first job starts a control daemon and two
 node daemons as child processes. Each daemon's stdin is a pipe whose other
 end only this process holds: when this process exits, however it exits, the
 pipe closes and the daemons stop (and their workers with them).
+
+Only this process tree can use it: it runs with throwaway keys made in a
+private (0700) temporary folder, known to this process and passed to the
+daemons (and by the nodes to their workers), so another local user who finds
+the loopback ports cannot submit jobs.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from lucidity.errors import ClusterError
+from lucidity.security import KEYS_ENV, Keys, ephemeral_keys
 
 __all__ = ["DaemonProcess", "LocalCluster", "start_embedded", "start_private_node"]
 
@@ -33,6 +40,7 @@ def _child_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env.pop("LUCIDITY_CONTROL", None)
     env.pop("LUCIDITY_NODE", None)
+    env.pop(KEYS_ENV, None)
     return env
 
 
@@ -122,6 +130,7 @@ class LocalCluster:
     nodes: list[str]
     daemons: list[DaemonProcess] = field(default_factory=list)
     pid: int = field(default_factory=os.getpid)
+    keys: Keys | None = None
 
     def stop(self) -> None:
         if os.getpid() != self.pid:
@@ -131,6 +140,8 @@ class LocalCluster:
                 d.proc.stdin.close()
         for d in reversed(self.daemons):
             d.stop()
+        if self.keys is not None:
+            shutil.rmtree(self.keys.path, ignore_errors=True)
 
 
 def _default_workers(nodes: int) -> int:
@@ -141,8 +152,14 @@ def start_embedded(nodes: int = 2, workers: int | None = None) -> LocalCluster:
     """A control and `nodes` nodes on loopback, gone when this process exits."""
     env = _child_env()
     workers = workers or _default_workers(nodes)
-    control = spawn_daemon(["control", "--bind", "tcp://127.0.0.1:*"], env)
-    cluster = LocalCluster(None, [], [control])
+    keys = ephemeral_keys()
+    secure = ["--keys", str(keys.path)]
+    try:
+        control = spawn_daemon(["control", "--bind", "tcp://127.0.0.1:*", *secure], env)
+    except BaseException:
+        shutil.rmtree(keys.path, ignore_errors=True)
+        raise
+    cluster = LocalCluster(None, [], [control], keys=keys)
     try:
         wait_ready([control])
         cluster.control = control.endpoint
@@ -156,6 +173,7 @@ def start_embedded(nodes: int = 2, workers: int | None = None) -> LocalCluster:
                     "tcp://127.0.0.1:*",
                     "--workers",
                     str(workers),
+                    *secure,
                 ],
                 env,
             )
@@ -174,18 +192,25 @@ def start_private_node(workers: int | None = None) -> LocalCluster:
     """A node of this process's own, in no cluster: where `_local` jobs run."""
     env = _child_env()
     workers = workers or (os.cpu_count() or 2)
-    node = spawn_daemon(
-        [
-            "node",
-            "--standalone",
-            "--bind",
-            "tcp://127.0.0.1:*",
-            "--workers",
-            str(workers),
-        ],
-        env,
-    )
-    cluster = LocalCluster(None, [], [node])
+    keys = ephemeral_keys()
+    try:
+        node = spawn_daemon(
+            [
+                "node",
+                "--standalone",
+                "--bind",
+                "tcp://127.0.0.1:*",
+                "--workers",
+                str(workers),
+                "--keys",
+                str(keys.path),
+            ],
+            env,
+        )
+    except BaseException:
+        shutil.rmtree(keys.path, ignore_errors=True)
+        raise
+    cluster = LocalCluster(None, [], [node], keys=keys)
     try:
         wait_ready([node])
     except BaseException:

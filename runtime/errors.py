@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "ClusterError",
     "FuelExhaustedError",
     "JobCancelledError",
     "JobTimeoutError",
+    "KeysError",
     "LucidityError",
     "MemoryLimitError",
     "NoNodesError",
@@ -30,6 +32,15 @@ class NoNodesError(ClusterError):
 
 class WorkerLostError(ClusterError):
     """The worker process running a job died before answering."""
+
+
+class AuthenticationError(ClusterError):
+    """The cluster refused this client's handshake: no keys, wrong keys, or a
+    key that is not (or no longer) authorised. Says where to set the keys."""
+
+
+class KeysError(LucidityError):
+    """A keys folder is missing, incomplete or unreadable (names the file)."""
 
 
 class JobTimeoutError(LucidityError, TimeoutError):

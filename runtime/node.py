@@ -32,6 +32,14 @@ from lucidity import protocol as p
 from lucidity._daemon import announce, bind, install_stop, watch_parent
 from lucidity._loop import EventLoop
 from lucidity.errors import ClusterError, WorkerLostError
+from lucidity.security import (
+    DEFAULT_MAX_MESSAGE_MB,
+    KEYS_ENV,
+    MAX_MESSAGE_ENV,
+    Guard,
+    Keys,
+    check_bind,
+)
 
 __all__ = ["NodeDaemon", "DEFAULT_NODE_PORT"]
 
@@ -93,20 +101,26 @@ class NodeDaemon:
         workers: int,
         heartbeat_s: float = HEARTBEAT_S,
         cache_dir: str | None = None,
+        keys: Keys | None = None,
+        insecure: bool = False,
+        max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
     ) -> None:
         if workers < 1:
             raise SystemExit(f"lucidity node: --workers must be >= 1, got {workers}")
+        check_bind(bind_address, keys, insecure, "node")
         self.node_id = uuid.uuid4().hex[:12]
         self.slots = workers
         self.control_address = control
         self.heartbeat_s = heartbeat_s
         self.ctx = zmq.Context()
+        self.guard = Guard(self.ctx, keys, max_message_mb)
         self.front = self.ctx.socket(zmq.ROUTER)
         self.front.linger = 0
         # Tell us when a result's client is not connected, instead of dropping it.
         self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # A client that reconnects under its identity takes the old one's place.
         self.front.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.guard.server(self.front)
         self.endpoint = bind(self.front, bind_address, "node")
         self.cache_dir = Path(cache_dir or default_cache_dir())
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -120,6 +134,7 @@ class NodeDaemon:
         if control:
             self.ctl = self.ctx.socket(zmq.DEALER)
             self.ctl.linger = 0
+            self.guard.client(self.ctl)
             self.ctl.connect(control)
         self.loop = EventLoop()
         self.loop.add_reader(self.front, self._on_client)
@@ -173,6 +188,7 @@ class NodeDaemon:
         for sock in (self.front, self.back, self.ctl):
             if sock is not None:
                 sock.close(0)
+        self.guard.stop()
         self.ctx.term()
         shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -214,6 +230,12 @@ class NodeDaemon:
             env["LUCIDITY_CONTROL"] = self.control_address
         else:
             env.pop("LUCIDITY_CONTROL", None)
+        # Workers are clients too (nested jobs): they use this node's keys.
+        if self.guard.keys is not None:
+            env[KEYS_ENV] = str(self.guard.keys.path)
+        else:
+            env.pop(KEYS_ENV, None)
+        env[MAX_MESSAGE_ENV] = str(self.guard.max_message_mb)
         proc = subprocess.Popen(
             [sys.executable, "-m", "lucidity.worker", self.back_endpoint],
             stdin=subprocess.PIPE,
@@ -412,6 +434,9 @@ class NodeDaemon:
                 log.warning("dropped a message of %d frames", len(frames))
                 continue
             ident = frames[0].bytes
+            if not self.guard.allows(frames[1]):
+                self.guard.refuse(self.front, ident, frames[1])
+                continue
             self.client_seen[ident] = time.monotonic()
             try:
                 msg = p.decode(frames[1].buffer)

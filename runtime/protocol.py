@@ -97,7 +97,7 @@ def decode(frame: bytes | memoryview) -> Message:
         raise FrameError(f"unknown message type {data[3]}") from None
     try:
         header = json.loads(data[4:]) if len(data) > 4 else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, JSON, huge ints, nesting
         raise FrameError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise FrameError("header is not a JSON object")

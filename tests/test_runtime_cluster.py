@@ -271,12 +271,6 @@ def test_daemon_refuses_an_address_in_use(rt_cluster: Any) -> None:
     assert "in use" in out.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design.md (security): a daemon asked to bind a non-loopback address "
-    "without keys must refuse unless given --insecure; runtime/_daemon.py bind() "
-    "has no such check (and `lucidity keygen` does not exist)",
-)
 def test_daemon_refuses_non_loopback_without_keys(rt_daemons: Any) -> None:
     d = rt_daemons.start("control", "--bind", "tcp://0.0.0.0:*", wait=False)
     assert d.proc.stdout is not None
