@@ -59,6 +59,9 @@ def default_cache_dir() -> str:
     return os.path.join(base, "lucidity", "bundles")
 
 
+# Surplus idle workers are kept this long before they are let go.
+SPARE_IDLE_S = 5.0
+
 # A client pings the nodes running its jobs every second; silent this long, it died.
 CLIENT_DEAD_AFTER_S = 10.0
 
@@ -151,6 +154,7 @@ class NodeDaemon:
             p.MsgType.BUNDLE: self._on_bundle,
         }
         self.client_seen: dict[bytes, float] = {}
+        self._trim_timer: int | None = None
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -406,8 +410,20 @@ class NodeDaemon:
             self.back.send_multipart([w.wid, head, *task.payload], copy=False)
 
     def _trim(self) -> None:
-        """Let go of the extra workers started while others were blocked."""
+        """Let go of extra workers (started while others were blocked) once
+        they have stayed surplus for SPARE_IDLE_S: nested jobs come in waves,
+        and starting a worker costs far more than keeping one."""
+        if self._trim_timer is None and self._surplus() > 0:
+            self._trim_timer = self.loop.call_later(SPARE_IDLE_S, self._trim_now)
+
+    def _surplus(self) -> int:
+        live = [w for w in self.workers.values() if not w.retiring]
+        return len(live) - self.slots - sum(1 for w in live if w.blocked)
+
+    def _trim_now(self) -> None:
+        self._trim_timer = None
         if self.queue:
+            self._trim()
             return
         live = [w for w in self.workers.values() if not w.retiring]
         blocked = sum(1 for w in live if w.blocked)
@@ -418,6 +434,7 @@ class NodeDaemon:
             if w.ready and w.task is None:
                 self._retire(w)
                 excess -= 1
+        self._trim()  # busy extras are looked at again later
 
     def _bundle_path(self, digest: str) -> Path:
         return self.cache_dir / f"{digest}.zip"
