@@ -276,8 +276,9 @@ def test_daemon_refuses_non_loopback_without_keys(rt_daemons: Any) -> None:
     assert d.proc.stdout is not None
     with selectors.DefaultSelector() as sel:
         sel.register(d.proc.stdout, selectors.EVENT_READ)
-        sel.select(READY_OR_EXIT_S)
-    first = d.proc.stdout.readline().decode() if d.proc.poll() is None else ""
+        readable = sel.select(READY_OR_EXIT_S)
+    # Readable: a READY line, or EOF because the daemon refused and exited.
+    first = d.proc.stdout.readline().decode() if readable else ""
     if first.startswith("LUCIDITY-READY"):
         pytest.fail(f"control bound a non-loopback address without keys: {first}")
     d.proc.wait(READY_OR_EXIT_S)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import statistics
 import time
 from collections import Counter
 from pathlib import Path
@@ -169,14 +170,15 @@ def test_await_job_in_asyncio(app: Any) -> None:
 
 
 def test_finished_job_is_seen_at_once(app: Any) -> None:
-    job = app.square_remote_async(2)
-    assert job.await_get(timeout=WAIT_S) == 4
-    # Waiting is event-driven: many short jobs in a row take nowhere near a
-    # polling period each.
-    start = time.monotonic()
-    for i in range(20):
+    assert app.square_remote_async(2).await_get(timeout=WAIT_S) == 4
+    # Waiting is event-driven: a short job's round trip is far below a
+    # polling period (the median resists a loaded machine's outliers).
+    times = []
+    for i in range(21):
+        start = time.monotonic()
         assert app.square_remote(i) == i * i
-    assert time.monotonic() - start < 20 * 0.05
+        times.append(time.monotonic() - start)
+    assert statistics.median(times) < 0.05, times
 
 
 # ---- nesting (nodes of ONE worker each) -------------------------------------

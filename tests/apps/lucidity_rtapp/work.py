@@ -121,7 +121,7 @@ def announce_then_sleep(path: str, seconds: float) -> float:
     return seconds
 
 
-@job(timeout=0.3)
+@job(timeout=1.0)
 def too_slow(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
