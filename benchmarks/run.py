@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -193,9 +194,34 @@ def _tail(path: str, lines: int = 6) -> str:
 # ---- the generator -------------------------------------------------------------
 
 
+def snapshot(rev: str) -> tuple[str, str]:
+    """Lay out lucidity's package from git `rev` in a temp folder; put it first on
+    PYTHONPATH (ours and every child's), ahead of the installed editable copy."""
+    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=HERE, check=True,
+                          capture_output=True, text=True, timeout=30).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=root, check=True,
+                            capture_output=True, text=True, timeout=30).stdout.strip()
+    tmp = tempfile.mkdtemp(prefix="lucidity-snapshot-")
+    src = os.path.join(tmp, "src")
+    os.makedirs(src)
+    archive = subprocess.run(["git", "archive", rev, "runtime", "codegen", "templates"],
+                             cwd=root, check=True, capture_output=True, timeout=60).stdout
+    subprocess.run(["tar", "-x", "-C", src], input=archive, check=True, timeout=60)
+    pkg = os.path.join(tmp, "pkg", "lucidity")
+    shutil.copytree(os.path.join(src, "runtime"), pkg)
+    shutil.copytree(os.path.join(src, "codegen"), os.path.join(pkg, "codegen"))
+    shutil.copytree(os.path.join(src, "templates"), os.path.join(pkg, "templates"))
+    path = os.path.join(tmp, "pkg")
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = path + (os.pathsep + old if old else "")
+    sys.path.insert(0, path)
+    return tmp, commit
+
+
 def regenerate_app() -> str:
-    proc = subprocess.run(["lucidity-gen", "benchapp/"], cwd=HERE, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "lucidity.codegen", "benchapp/"], cwd=HERE,
+                          capture_output=True, text=True, timeout=120,
+                          env=common.child_env())
     if proc.returncode != 0:
         raise SystemExit(f"lucidity-gen benchapp/ failed ({proc.returncode}): "
                          f"{proc.stdout}{proc.stderr}")
@@ -346,8 +372,11 @@ def render(res: dict[str, Any], mach: dict[str, Any], codegen: dict[str, Any] | 
     cmd = "python benchmarks/run.py" + (" --quick" if args.quick else "")
     if args.only:
         cmd += f" --only {args.only}"
+    if args.snapshot:
+        cmd += f" --snapshot {args.snapshot}"
     L.append(f"- Command: `{cmd}`; wall time {wall_s:.0f} s")
-    L.append(f"- Date: {mach['date']}; lucidity commit {mach['commit']}")
+    L.append(f"- Date: {mach['date']}; repository HEAD {mach['commit']}; lucidity measured: "
+             f"{mach.get('lucidity_source', '?')}")
     L.append(f"- Machine: nproc={mach['nproc']}, {mach['cpu']}, RAM {mach['ram']}, "
              f"Linux {mach['kernel']}, {mach['python']}; single-core speed: "
              f"sum(i*i for i in range(10**6)) = {mach['single_core_ms']:.1f} ms (best of 5); "
@@ -532,6 +561,9 @@ def main() -> int:
     ap.add_argument("--json", help="also write the raw results as JSON here")
     ap.add_argument("--no-codegen", action="store_true", help="skip the generator benchmark")
     ap.add_argument("--logs", help="keep engine logs in this folder (default: a temp folder)")
+    ap.add_argument("--snapshot", metavar="REV",
+                    help="benchmark lucidity as committed at git REV (e.g. HEAD) instead of "
+                         "the installed working tree (which others may be editing)")
     args = ap.parse_args()
 
     only = [x.strip() for x in args.only.split(",") if x.strip()]
@@ -544,8 +576,28 @@ def main() -> int:
     wall0 = time.monotonic()
     logdir = args.logs or tempfile.mkdtemp(prefix="lucidity-bench-")
     os.makedirs(logdir, exist_ok=True)
+    snap_dir = None
+    if args.snapshot:
+        snap_dir, snap_commit = snapshot(args.snapshot)
+        source = f"snapshot of git {args.snapshot} ({snap_commit})"
+    else:
+        source = "installed package (the working tree, as it was during the run)"
+    try:
+        return _run(args, engines, do_codegen, logdir, source, wall0)
+    finally:
+        if snap_dir:
+            shutil.rmtree(snap_dir, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, engines: list[str], do_codegen: bool, logdir: str,
+         source: str, wall0: float) -> int:
+    where = subprocess.run([sys.executable, "-c", "import lucidity; print(lucidity.__file__)"],
+                           capture_output=True, text=True, timeout=60, env=common.child_env())
+    source += f"; imported from {where.stdout.strip() or where.stderr.strip()[-200:]}"
+    print(f"lucidity: {source}", file=sys.stderr)
     print(f"regenerating benchapp: {regenerate_app()}", file=sys.stderr)
     mach = machine()
+    mach["lucidity_source"] = source
     res: dict[str, Any] = {}
     for name in engines:
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", file=sys.stderr, flush=True)
