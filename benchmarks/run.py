@@ -407,7 +407,7 @@ def render(res: dict[str, Any], mach: dict[str, Any], codegen: dict[str, Any] | 
     def row(name: str, mine: float | None, mine_s: str, base: float | None, base_s: str,
             ratio: float | None, target: str, ok: bool | None, why_missing: str = "") -> None:
         met = "n/a" if ok is None else ("yes" if ok else "NO")
-        r = f"{ratio:.2f}x" if ratio is not None else (why_missing or "-")
+        r = f"{ratio:.3g}x" if ratio is not None else (why_missing or "-")
         L.append(f"| {name} | {mine_s} | {base_s} | {r} | {target} | {met} |")
 
     b = _val(res, "raw_zmq", "latency", "p50_us")
@@ -561,11 +561,15 @@ def main() -> int:
     ap.add_argument("--json", help="also write the raw results as JSON here")
     ap.add_argument("--no-codegen", action="store_true", help="skip the generator benchmark")
     ap.add_argument("--logs", help="keep engine logs in this folder (default: a temp folder)")
+    ap.add_argument("--timeout-scale", type=float, default=1.0,
+                    help="multiply every per-step timeout (e.g. 2 on a slow machine)")
     ap.add_argument("--snapshot", metavar="REV",
                     help="benchmark lucidity as committed at git REV (e.g. HEAD) instead of "
                          "the installed working tree (which others may be editing)")
     args = ap.parse_args()
 
+    for k in TIMEOUTS:
+        TIMEOUTS[k] = max(1, round(TIMEOUTS[k] * args.timeout_scale))
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = [x for x in only if x not in ENGINES + ["codegen"]]
     if unknown:

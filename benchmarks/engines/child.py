@@ -69,6 +69,8 @@ def main() -> int:
     for w in runnable:
         common.emit(event="start", workload=w)
         try:
+            if os.environ.get("BENCH_SELFTEST_HANG") == f"{args.engine}:{w}":
+                time.sleep(10**6)  # for testing the parent's timeout path only
             data = getattr(engine, w)()
             common.emit(event="result", workload=w, data=data)
         except Exception as exc:
