@@ -65,8 +65,17 @@ class EventLoop:
             if when > now:
                 return when - now
             heapq.heappop(self._timers)
-            handler()
+            self._call(handler)
         return None
+
+    @staticmethod
+    def _call(handler: Handler) -> None:
+        # One bad message or bug in a handler must not stop a daemon or a
+        # client's I/O thread (that would hang every caller): log and go on.
+        try:
+            handler()
+        except Exception:
+            log.exception("event handler failed; carrying on")
 
     def run(self) -> None:
         self.running = True
@@ -78,6 +87,6 @@ class EventLoop:
             for sock, _ in self._poller.poll(timeout):
                 handler = self._handlers.get(sock)
                 if handler is not None:
-                    handler()
+                    self._call(handler)
                 if not self.running:
                     break

@@ -523,7 +523,14 @@ class Client:
             pending.timer = self.loop.call_later(
                 pending.options.timeout, lambda: self._on_timeout(pending)
             )
-        self._sock(addr).send_multipart(pending.frames, copy=False)
+        try:
+            self._sock(addr).send_multipart(pending.frames, copy=False)
+        except zmq.ZMQError as exc:
+            self._inflight.pop(pending.job.job_id, None)
+            self._finish(pending)
+            pending.job.set_exception(
+                ClusterError(f"cannot send job to node at {addr}: {exc}")
+            )
 
     def _on_timeout(self, pending: _Pending) -> None:
         pending.timer = None
@@ -745,7 +752,8 @@ class Client:
                     raise p.FrameError(f"unexpected {msg.type.name}")
                 nodes = [dict(n) for n in msg.header["nodes"]]
                 for n in nodes:
-                    str(n["addr"])
+                    if not str(n["addr"]).startswith(("tcp://", "ipc://")):
+                        raise ValueError(f"bad node address {n['addr']!r}")
             except (p.FrameError, KeyError, TypeError, ValueError) as exc:
                 log.warning("dropped a bad frame from control: %s", exc)
                 continue

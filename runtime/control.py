@@ -93,8 +93,11 @@ class ControlDaemon:
 
     def _on_heartbeat(self, ident: bytes, header: dict[str, Any]) -> None:
         node_id = str(header["node"])
+        addr = str(header["addr"])
+        if not addr.startswith(("tcp://", "ipc://")):
+            raise ValueError(f"node address {addr!r} is not a ZeroMQ endpoint")
         info = {
-            "addr": str(header["addr"]),
+            "addr": addr,
             "workers": int(header["workers"]),
             "procs": int(header.get("procs", 0)),
             "busy": int(header.get("busy", 0)),
