@@ -71,7 +71,10 @@ def main() -> int:
     raw = os.path.join(out_dir, "latency.raw.txt")
     client = subprocess.Popen(
         [sys.executable, "-c", CLIENT, str(args.seconds + 3)],
-        stdout=subprocess.PIPE, text=True, env=common.child_env(), cwd=HERE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=common.child_env(),
+        cwd=HERE,
         start_new_session=True,
     )
     try:
@@ -80,13 +83,31 @@ def main() -> int:
         if not line.startswith("READY"):
             raise SystemExit(f"client did not start: {line!r}")
         time.sleep(1.0)
-        cmd = ["py-spy", "record", "--pid", str(client.pid), "--subprocesses",
-               "--format", "raw", "--rate", str(args.rate), "--duration",
-               str(int(args.seconds)), "--output", raw, "--nonblocking"]
+        cmd = [
+            "py-spy",
+            "record",
+            "--pid",
+            str(client.pid),
+            "--subprocesses",
+            "--format",
+            "raw",
+            "--rate",
+            str(args.rate),
+            "--duration",
+            str(int(args.seconds)),
+            "--output",
+            raw,
+            "--nonblocking",
+        ]
         if args.idle:
             cmd.append("--idle")
-        subprocess.run(cmd, check=True, timeout=args.seconds + 60,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            cmd,
+            check=True,
+            timeout=args.seconds + 60,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         summary = client.stdout.readline().strip()
         client.wait(timeout=30)
     finally:
@@ -94,8 +115,12 @@ def main() -> int:
     print(f"client: {summary}")
     print(f"py-spy raw stacks: {raw}")
     by_role: collections.Counter[str] = collections.Counter()
-    own: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    incl: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    own: dict[str, collections.Counter[str]] = collections.defaultdict(
+        collections.Counter
+    )
+    incl: dict[str, collections.Counter[str]] = collections.defaultdict(
+        collections.Counter
+    )
     with open(raw) as f:
         for line in f:
             stack, _, count = line.rstrip("\n").rpartition(" ")
@@ -105,8 +130,13 @@ def main() -> int:
             r = role(frames[0]) if frames[0].startswith("process") else "?"
             n = int(count)
             by_role[r] += n
-            funcs = [re.sub(r" \(.*?/(lib/python[0-9.]+/|site-packages/|lucidity/)", " (", fr)
-                     for fr in frames[1:] if not fr.startswith("thread")]
+            funcs = [
+                re.sub(
+                    r" \(.*?/(lib/python[0-9.]+/|site-packages/|lucidity/)", " (", fr
+                )
+                for fr in frames[1:]
+                if not fr.startswith("thread")
+            ]
             if funcs:
                 own[r][funcs[-1]] += n
                 for fn in set(funcs):

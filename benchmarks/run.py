@@ -72,19 +72,35 @@ def run_engine(name: str, quick: bool, logdir: str) -> dict[str, Any]:
         attempt += 1
         if time.monotonic() - started > ENGINE_BUDGET_S:
             for w in remaining:
-                out["workloads"][w] = {"status": "error", "error": "engine time budget spent"}
+                out["workloads"][w] = {
+                    "status": "error",
+                    "error": "engine time budget spent",
+                }
             break
         events = os.path.join(logdir, f"{name}.{attempt}.events.jsonl")
         log = os.path.join(logdir, f"{name}.{attempt}.log")
-        cmd = [sys.executable, os.path.join(HERE, "engines", "child.py"), name,
-               "--events", events, "--workloads", ",".join(remaining)]
+        cmd = [
+            sys.executable,
+            os.path.join(HERE, "engines", "child.py"),
+            name,
+            "--events",
+            events,
+            "--workloads",
+            ",".join(remaining),
+        ]
         if quick:
             cmd.append("--quick")
         open(events, "w").close()
         with open(log, "wb") as logf:
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=common.child_env(),
-                                    cwd=HERE, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=common.child_env(),
+                cwd=HERE,
+                start_new_session=True,
+            )
         t0 = time.monotonic()
         state = _watch(proc, events, out, remaining)
         out.setdefault("child_wall_s", 0.0)
@@ -95,7 +111,9 @@ def run_engine(name: str, quick: bool, logdir: str) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             pass
         if leftovers:
-            out["notes"].append(f"attempt {attempt}: {leftovers} process(es) left over, ended by pid")
+            out["notes"].append(
+                f"attempt {attempt}: {leftovers} process(es) left over, ended by pid"
+            )
         tail = _tail(log)
         if state["skip"]:
             out["status"] = "skipped"
@@ -103,26 +121,43 @@ def run_engine(name: str, quick: bool, logdir: str) -> dict[str, Any]:
             return out
         current = state["current"]
         if current is not None and current not in ("teardown",):
-            why = state["why"] or f"child exited with {proc.returncode} during {current}"
+            why = (
+                state["why"] or f"child exited with {proc.returncode} during {current}"
+            )
             _record_failure(out, remaining, current, why, tail, log)
         elif state["why"] and current == "teardown":
             out["notes"].append(f"teardown: {state['why']}")
         elif proc.returncode not in (0, None) and not state["done"]:
-            out["notes"].append(f"child exited with {proc.returncode}; log {log}: {tail}")
+            out["notes"].append(
+                f"child exited with {proc.returncode}; log {log}: {tail}"
+            )
         remaining = [w for w in remaining if w not in out["workloads"]]
         if state["setup_failed"]:
             for w in remaining:
-                out["workloads"][w] = {"status": "error", "error": "engine setup failed (see notes)"}
+                out["workloads"][w] = {
+                    "status": "error",
+                    "error": "engine setup failed (see notes)",
+                }
             remaining = []
     if any(v.get("status") == "error" for v in out["workloads"].values()):
         out["status"] = "errors"
     return out
 
 
-def _watch(proc: subprocess.Popen[bytes], events: str, out: dict[str, Any],
-           remaining: list[str]) -> dict[str, Any]:
-    state: dict[str, Any] = {"current": None, "since": time.monotonic(), "why": None,
-                             "skip": None, "done": False, "setup_failed": False}
+def _watch(
+    proc: subprocess.Popen[bytes],
+    events: str,
+    out: dict[str, Any],
+    remaining: list[str],
+) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "current": None,
+        "since": time.monotonic(),
+        "why": None,
+        "skip": None,
+        "done": False,
+        "setup_failed": False,
+    }
     pos = 0
     while True:
         exited = proc.poll() is not None
@@ -152,7 +187,10 @@ def _watch(proc: subprocess.Popen[bytes], events: str, out: dict[str, Any],
                     out["workloads"][w] = {"status": "error", "error": ev["error"]}
                 state["current"] = None
             elif kind == "na":
-                out["workloads"][w] = {"status": "na", "reason": ev.get("reason", "n/a")}
+                out["workloads"][w] = {
+                    "status": "na",
+                    "reason": ev.get("reason", "n/a"),
+                }
             elif kind == "skip":
                 state["skip"] = ev["reason"]
             elif kind == "done":
@@ -169,8 +207,14 @@ def _watch(proc: subprocess.Popen[bytes], events: str, out: dict[str, Any],
         time.sleep(0.1)
 
 
-def _record_failure(out: dict[str, Any], remaining: list[str], current: str, why: str,
-                    tail: str, log: str) -> None:
+def _record_failure(
+    out: dict[str, Any],
+    remaining: list[str],
+    current: str,
+    why: str,
+    tail: str,
+    log: str,
+) -> None:
     msg = f"{why} (log {log}: {tail})"
     if current == "setup":
         out["notes"].append(f"setup: {msg}")
@@ -197,15 +241,32 @@ def _tail(path: str, lines: int = 6) -> str:
 def snapshot(rev: str) -> tuple[str, str]:
     """Lay out lucidity's package from git `rev` in a temp folder; put it first on
     PYTHONPATH (ours and every child's), ahead of the installed editable copy."""
-    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=HERE, check=True,
-                          capture_output=True, text=True, timeout=30).stdout.strip()
-    commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=root, check=True,
-                            capture_output=True, text=True, timeout=30).stdout.strip()
+    root = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"],
+        cwd=HERE,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", rev],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.strip()
     tmp = tempfile.mkdtemp(prefix="lucidity-snapshot-")
     src = os.path.join(tmp, "src")
     os.makedirs(src)
-    archive = subprocess.run(["git", "archive", rev, "runtime", "codegen", "templates"],
-                             cwd=root, check=True, capture_output=True, timeout=60).stdout
+    archive = subprocess.run(
+        ["git", "archive", rev, "runtime", "codegen", "templates"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    ).stdout
     subprocess.run(["tar", "-x", "-C", src], input=archive, check=True, timeout=60)
     pkg = os.path.join(tmp, "pkg", "lucidity")
     shutil.copytree(os.path.join(src, "runtime"), pkg)
@@ -219,32 +280,63 @@ def snapshot(rev: str) -> tuple[str, str]:
 
 
 def regenerate_app() -> str:
-    proc = subprocess.run([sys.executable, "-m", "lucidity.codegen", "benchapp/"], cwd=HERE,
-                          capture_output=True, text=True, timeout=120,
-                          env=common.child_env())
+    proc = subprocess.run(
+        [sys.executable, "-m", "lucidity.codegen", "benchapp/"],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=common.child_env(),
+    )
     if proc.returncode != 0:
-        raise SystemExit(f"lucidity-gen benchapp/ failed ({proc.returncode}): "
-                         f"{proc.stdout}{proc.stderr}")
+        raise SystemExit(
+            f"lucidity-gen benchapp/ failed ({proc.returncode}): "
+            f"{proc.stdout}{proc.stderr}"
+        )
     return (proc.stdout + proc.stderr).strip()
 
 
 def run_codegen(quick: bool) -> dict[str, Any]:
-    cmd = [sys.executable, os.path.join(HERE, "bench_codegen.py"),
-           "--repeat", "1" if quick else "3", "--sample", "20" if quick else "100"]
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, "bench_codegen.py"),
+        "--repeat",
+        "1" if quick else "3",
+        "--sample",
+        "20" if quick else "100",
+    ]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CODEGEN_TIMEOUT_S,
-                              cwd=HERE, env=common.child_env())
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=CODEGEN_TIMEOUT_S,
+            cwd=HERE,
+            env=common.child_env(),
+        )
     except subprocess.TimeoutExpired:
         return {"status": "error", "error": f"timeout after {CODEGEN_TIMEOUT_S} s"}
     text = proc.stdout.strip()
     m = re.search(r"best of (\d+): ([0-9.]+) s \(exit (\d+)\)", text)
     if proc.returncode != 0 or not m:
-        return {"status": "error", "error": f"exit {proc.returncode}: {(text + proc.stderr)[-600:]}"}
-    data: dict[str, Any] = {"status": "ok", "best_s": float(m.group(2)), "repeat": int(m.group(1)),
-                            "exit": int(m.group(3)), "output": text}
+        return {
+            "status": "error",
+            "error": f"exit {proc.returncode}: {(text + proc.stderr)[-600:]}",
+        }
+    data: dict[str, Any] = {
+        "status": "ok",
+        "best_s": float(m.group(2)),
+        "repeat": int(m.group(1)),
+        "exit": int(m.group(3)),
+        "output": text,
+    }
     m2 = re.search(r"tree: (.*) \((\d+) files, ([0-9.]+) MB\)", text)
     if m2:
-        data["tree"], data["files"], data["mb"] = m2.group(1), int(m2.group(2)), float(m2.group(3))
+        data["tree"], data["files"], data["mb"] = (
+            m2.group(1),
+            int(m2.group(2)),
+            float(m2.group(3)),
+        )
     m3 = re.search(r"ratio .*: (\d+)x", text)
     if m3:
         data["vs_parse_all"] = int(m3.group(1))
@@ -281,8 +373,20 @@ def machine() -> dict[str, Any]:
     except (OSError, ValueError, IndexError):
         pass
     versions = {}
-    for pkg in ["lucidity", "pyzmq", "numpy", "dask", "distributed", "ray", "ipyparallel",
-                "loky", "cloudpickle", "psutil", "msgpack", "tornado"]:
+    for pkg in [
+        "lucidity",
+        "pyzmq",
+        "numpy",
+        "dask",
+        "distributed",
+        "ray",
+        "ipyparallel",
+        "loky",
+        "cloudpickle",
+        "psutil",
+        "msgpack",
+        "tornado",
+    ]:
         try:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
@@ -295,8 +399,13 @@ def machine() -> dict[str, Any]:
         pass
     commit = "?"
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
-                                capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         pass
     return {
@@ -335,8 +444,14 @@ def _fmt(x: float | None, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
-def _cell(res: dict[str, Any], engine: str, workload: str, key: str, digits: int = 0,
-          show_n: bool = False) -> str:
+def _cell(
+    res: dict[str, Any],
+    engine: str,
+    workload: str,
+    key: str,
+    digits: int = 0,
+    show_n: bool = False,
+) -> str:
     e = res.get(engine)
     if e is None:
         return "not run"
@@ -362,8 +477,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def render(res: dict[str, Any], mach: dict[str, Any], codegen: dict[str, Any] | None,
-           args: argparse.Namespace, labels: dict[str, str], wall_s: float) -> str:
+def render(
+    res: dict[str, Any],
+    mach: dict[str, Any],
+    codegen: dict[str, Any] | None,
+    args: argparse.Namespace,
+    labels: dict[str, str],
+    wall_s: float,
+) -> str:
     L: list[str] = []
     mode = "quick" if args.quick else "full"
     s = common.Sizes(args.quick)
@@ -375,21 +496,31 @@ def render(res: dict[str, Any], mach: dict[str, Any], codegen: dict[str, Any] | 
     if args.snapshot:
         cmd += f" --snapshot {args.snapshot}"
     L.append(f"- Command: `{cmd}`; wall time {wall_s:.0f} s")
-    L.append(f"- Date: {mach['date']}; repository HEAD {mach['commit']}; lucidity measured: "
-             f"{mach.get('lucidity_source', '?')}")
-    L.append(f"- Machine: nproc={mach['nproc']}, {mach['cpu']}, RAM {mach['ram']}, "
-             f"Linux {mach['kernel']}, {mach['python']}; single-core speed: "
-             f"sum(i*i for i in range(10**6)) = {mach['single_core_ms']:.1f} ms (best of 5); "
-             f"1-min load average at start {mach['loadavg']:.2f} (other work on the machine "
-             "skews figures: compare within one run)")
-    L.append("- Packages: " + ", ".join(f"{k} {v}" for k, v in mach["versions"].items()))
-    L.append(f"- Sizes: latency {s.latency_n} sequential round trips after {s.latency_warmup} "
-             f"warm-up; fanout {s.fanout_n:,} jobs (smaller N for slow engines, shown in the "
-             f"cell); nested {s.nested_n} parents x 2 children; payload 64 MiB float64 echo, "
-             f"median of {s.payload_reps} after 1 warm-up; start-up median of {s.startup_reps} "
-             f"fresh interpreters")
-    L.append("- Every engine: 2 worker processes, 127.0.0.1 only, own subprocess, "
-             "per-workload timeouts " + ", ".join(f"{k} {v} s" for k, v in TIMEOUTS.items()))
+    L.append(
+        f"- Date: {mach['date']}; repository HEAD {mach['commit']}; lucidity measured: "
+        f"{mach.get('lucidity_source', '?')}"
+    )
+    L.append(
+        f"- Machine: nproc={mach['nproc']}, {mach['cpu']}, RAM {mach['ram']}, "
+        f"Linux {mach['kernel']}, {mach['python']}; single-core speed: "
+        f"sum(i*i for i in range(10**6)) = {mach['single_core_ms']:.1f} ms (best of 5); "
+        f"1-min load average at start {mach['loadavg']:.2f} (other work on the machine "
+        "skews figures: compare within one run)"
+    )
+    L.append(
+        "- Packages: " + ", ".join(f"{k} {v}" for k, v in mach["versions"].items())
+    )
+    L.append(
+        f"- Sizes: latency {s.latency_n} sequential round trips after {s.latency_warmup} "
+        f"warm-up; fanout {s.fanout_n:,} jobs (smaller N for slow engines, shown in the "
+        f"cell); nested {s.nested_n} parents x 2 children; payload 64 MiB float64 echo, "
+        f"median of {s.payload_reps} after 1 warm-up; start-up median of {s.startup_reps} "
+        f"fresh interpreters"
+    )
+    L.append(
+        "- Every engine: 2 worker processes, 127.0.0.1 only, own subprocess, "
+        "per-workload timeouts " + ", ".join(f"{k} {v} s" for k, v in TIMEOUTS.items())
+    )
     L.append("")
 
     luc = "lucidity"
@@ -404,43 +535,103 @@ def render(res: dict[str, Any], mach: dict[str, Any], codegen: dict[str, Any] | 
     L.append("| target | lucidity | baseline | ratio | target | met? |")
     L.append("|---|---|---|---|---|---|")
 
-    def row(name: str, mine: float | None, mine_s: str, base: float | None, base_s: str,
-            ratio: float | None, target: str, ok: bool | None, why_missing: str = "") -> None:
+    def row(
+        name: str,
+        mine: float | None,
+        mine_s: str,
+        base: float | None,
+        base_s: str,
+        ratio: float | None,
+        target: str,
+        ok: bool | None,
+        why_missing: str = "",
+    ) -> None:
         met = "n/a" if ok is None else ("yes" if ok else "NO")
         r = f"{ratio:.3g}x" if ratio is not None else (why_missing or "-")
         L.append(f"| {name} | {mine_s} | {base_s} | {r} | {target} | {met} |")
 
     b = _val(res, "raw_zmq", "latency", "p50_us")
     r = _ratio(lat, b)
-    row("latency p50 vs raw pyzmq chain", lat, f"{_fmt(lat)} us", b, f"{_fmt(b)} us (raw_zmq)",
-        r, "<= 1.5x", None if r is None else r <= 1.5)
+    row(
+        "latency p50 vs raw pyzmq chain",
+        lat,
+        f"{_fmt(lat)} us",
+        b,
+        f"{_fmt(b)} us (raw_zmq)",
+        r,
+        "<= 1.5x",
+        None if r is None else r <= 1.5,
+    )
     b = _val(res, "mp_pool", "fanout", "per_s")
     r = _ratio(fan, b)
-    row("fanout vs Pool(2).map default chunking", fan, f"{_fmt(fan)} jobs/s", b,
-        f"{_fmt(b)} jobs/s (mp_pool)", r, ">= 0.5x", None if r is None else r >= 0.5)
+    row(
+        "fanout vs Pool(2).map default chunking",
+        fan,
+        f"{_fmt(fan)} jobs/s",
+        b,
+        f"{_fmt(b)} jobs/s (mp_pool)",
+        r,
+        ">= 0.5x",
+        None if r is None else r >= 0.5,
+    )
     b = _val(res, "ray", "nested", "per_s")
     r = _ratio(nest, b)
-    row("nested vs Ray", nest, f"{_fmt(nest, 1)} parents/s", b,
+    row(
+        "nested vs Ray",
+        nest,
+        f"{_fmt(nest, 1)} parents/s",
+        b,
         f"{_fmt(b, 1)} parents/s (ray)" if b is not None else "Ray not measured",
-        r, ">= 5x", None if r is None else r >= 5)
+        r,
+        ">= 5x",
+        None if r is None else r >= 5,
+    )
     b = _val(res, "zmq_reqrep", "payload", "mb_per_s")
     r = _ratio(echo, b)
-    row("64 MiB echo vs raw pyzmq REQ/REP", echo, f"{_fmt(echo)} MB/s", b,
-        f"{_fmt(b)} MB/s (zmq_reqrep)", r, ">= 3x", None if r is None else r >= 3)
-    row("first result on the embedded cluster", start, f"{_fmt(start, 3)} s", None, "-", None,
-        "< 0.5 s", None if start is None else start < 0.5)
+    row(
+        "64 MiB echo vs raw pyzmq REQ/REP",
+        echo,
+        f"{_fmt(echo)} MB/s",
+        b,
+        f"{_fmt(b)} MB/s (zmq_reqrep)",
+        r,
+        ">= 3x",
+        None if r is None else r >= 3,
+    )
+    row(
+        "first result on the embedded cluster",
+        start,
+        f"{_fmt(start, 3)} s",
+        None,
+        "-",
+        None,
+        "< 0.5 s",
+        None if start is None else start < 0.5,
+    )
     if codegen is not None:
         g = codegen.get("best_s") if codegen.get("status") == "ok" else None
-        row("lucidity-gen --check over the stdlib", g,
-            f"{_fmt(g, 3)} s" if g is not None else f"ERROR: {codegen.get('error', '')[:80]}",
-            None, f"{codegen.get('files', '?')} files", None, "< 2 s (bench_codegen.py)",
-            None if g is None else g < 2.0)
+        row(
+            "lucidity-gen --check over the stdlib",
+            g,
+            (
+                f"{_fmt(g, 3)} s"
+                if g is not None
+                else f"ERROR: {codegen.get('error', '')[:80]}"
+            ),
+            None,
+            f"{codegen.get('files', '?')} files",
+            None,
+            "< 2 s (bench_codegen.py)",
+            None if g is None else g < 2.0,
+        )
     L.append("")
 
     L.append("## Results (raw numbers)")
     L.append("")
-    L.append("| engine | start-up: first result s | start-up: exit s | lat p50 us | lat p99 us "
-             "| fanout jobs/s | nested parents/s | 64 MiB echo MB/s |")
+    L.append(
+        "| engine | start-up: first result s | start-up: exit s | lat p50 us | lat p99 us "
+        "| fanout jobs/s | nested parents/s | 64 MiB echo MB/s |"
+    )
     L.append("|---|---|---|---|---|---|---|---|")
     for name in res:
         L.append(
@@ -457,12 +648,16 @@ def render(res: dict[str, Any], mach: dict[str, Any], codegen: dict[str, Any] | 
 
     L.append("## lucidity as a ratio to each baseline and peer")
     L.append("")
-    L.append("Ratio = lucidity's figure / the other engine's figure, same run. For start-up and "
-             "latency (times) lower is better (< 1 = lucidity faster); for fanout, nested and "
-             "echo (rates) higher is better (> 1 = lucidity faster).")
+    L.append(
+        "Ratio = lucidity's figure / the other engine's figure, same run. For start-up and "
+        "latency (times) lower is better (< 1 = lucidity faster); for fanout, nested and "
+        "echo (rates) higher is better (> 1 = lucidity faster)."
+    )
     L.append("")
     others = [e for e in BASELINES + PEERS if e in res]
-    L.append("| lucidity figure | lucidity | " + " | ".join(f"vs {e}" for e in others) + " |")
+    L.append(
+        "| lucidity figure | lucidity | " + " | ".join(f"vs {e}" for e in others) + " |"
+    )
     L.append("|---|---|" + "---|" * len(others))
     metrics = [
         ("start-up first result (time)", "startup", "first_result_s", 3),
@@ -504,13 +699,21 @@ def render(res: dict[str, Any], mach: dict[str, Any], codegen: dict[str, Any] | 
     for name, e in res.items():
         L.append(f"### {name}")
         L.append("")
-        L.append(f"- {labels.get(name, name)}; status: {e.get('status')}; child wall "
-                 f"{e.get('child_wall_s', 0):.1f} s"
-                 + (f"; cluster setup {e['setup_s']:.2f} s" if "setup_s" in e else "")
-                 + (f"; single-core speed just before: {e['single_core_ms']:.1f} ms"
-                    if "single_core_ms" in e else "")
-                 + (f"; 1-min load average just before: {e['loadavg']:.2f}"
-                    if "loadavg" in e else ""))
+        L.append(
+            f"- {labels.get(name, name)}; status: {e.get('status')}; child wall "
+            f"{e.get('child_wall_s', 0):.1f} s"
+            + (f"; cluster setup {e['setup_s']:.2f} s" if "setup_s" in e else "")
+            + (
+                f"; single-core speed just before: {e['single_core_ms']:.1f} ms"
+                if "single_core_ms" in e
+                else ""
+            )
+            + (
+                f"; 1-min load average just before: {e['loadavg']:.2f}"
+                if "loadavg" in e
+                else ""
+            )
+        )
         for w in WORKLOADS:
             d = e.get("workloads", {}).get(w)
             if d is None:
@@ -528,7 +731,9 @@ def render(res: dict[str, Any], mach: dict[str, Any], codegen: dict[str, Any] | 
                 if w in ("fanout", "nested"):
                     bits.append(f"N={d['n']:,} in {d['seconds']:.2f} s")
                 if w == "payload":
-                    bits.append(f"median {d['median_s'] * 1e3:.1f} ms, min {d['min_s'] * 1e3:.1f} ms")
+                    bits.append(
+                        f"median {d['median_s'] * 1e3:.1f} ms, min {d['min_s'] * 1e3:.1f} ms"
+                    )
                 if d.get("how"):
                     bits.append(d["how"])
                 for k, v in (d.get("extra") or {}).items():
@@ -555,17 +760,32 @@ def labels_for(names: list[str]) -> dict[str, str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (about 2 minutes)")
-    ap.add_argument("--only", default="", help="comma-separated engines (and/or 'codegen')")
+    ap.add_argument(
+        "--quick", action="store_true", help="smaller sizes (about 2 minutes)"
+    )
+    ap.add_argument(
+        "--only", default="", help="comma-separated engines (and/or 'codegen')"
+    )
     ap.add_argument("--out", help="also write the markdown report here")
     ap.add_argument("--json", help="also write the raw results as JSON here")
-    ap.add_argument("--no-codegen", action="store_true", help="skip the generator benchmark")
-    ap.add_argument("--logs", help="keep engine logs in this folder (default: a temp folder)")
-    ap.add_argument("--timeout-scale", type=float, default=1.0,
-                    help="multiply every per-step timeout (e.g. 2 on a slow machine)")
-    ap.add_argument("--snapshot", metavar="REV",
-                    help="benchmark lucidity as committed at git REV (e.g. HEAD) instead of "
-                         "the installed working tree (which others may be editing)")
+    ap.add_argument(
+        "--no-codegen", action="store_true", help="skip the generator benchmark"
+    )
+    ap.add_argument(
+        "--logs", help="keep engine logs in this folder (default: a temp folder)"
+    )
+    ap.add_argument(
+        "--timeout-scale",
+        type=float,
+        default=1.0,
+        help="multiply every per-step timeout (e.g. 2 on a slow machine)",
+    )
+    ap.add_argument(
+        "--snapshot",
+        metavar="REV",
+        help="benchmark lucidity as committed at git REV (e.g. HEAD) instead of "
+        "the installed working tree (which others may be editing)",
+    )
     args = ap.parse_args()
 
     for k in TIMEOUTS:
@@ -593,10 +813,21 @@ def main() -> int:
             shutil.rmtree(snap_dir, ignore_errors=True)
 
 
-def _run(args: argparse.Namespace, engines: list[str], do_codegen: bool, logdir: str,
-         source: str, wall0: float) -> int:
-    where = subprocess.run([sys.executable, "-c", "import lucidity; print(lucidity.__file__)"],
-                           capture_output=True, text=True, timeout=60, env=common.child_env())
+def _run(
+    args: argparse.Namespace,
+    engines: list[str],
+    do_codegen: bool,
+    logdir: str,
+    source: str,
+    wall0: float,
+) -> int:
+    where = subprocess.run(
+        [sys.executable, "-c", "import lucidity; print(lucidity.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=common.child_env(),
+    )
     source += f"; imported from {where.stdout.strip() or where.stderr.strip()[-200:]}"
     print(f"lucidity: {source}", file=sys.stderr)
     print(f"regenerating benchapp: {regenerate_app()}", file=sys.stderr)
@@ -609,13 +840,18 @@ def _run(args: argparse.Namespace, engines: list[str], do_codegen: bool, logdir:
         res[name] = run_engine(name, args.quick, logdir)
         res[name]["single_core_ms"] = speed
         res[name]["loadavg"] = load
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {res[name]['status']}", file=sys.stderr,
-              flush=True)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {name}: {res[name]['status']}",
+            file=sys.stderr,
+            flush=True,
+        )
     codegen = None
     if do_codegen:
         print(f"[{time.strftime('%H:%M:%S')}] codegen ...", file=sys.stderr, flush=True)
         codegen = run_codegen(args.quick)
-    report = render(res, mach, codegen, args, labels_for(engines), time.monotonic() - wall0)
+    report = render(
+        res, mach, codegen, args, labels_for(engines), time.monotonic() - wall0
+    )
     report += f"\nEngine logs: {logdir}\n" if args.logs else ""
     print(report)
     if args.out:
@@ -623,8 +859,12 @@ def _run(args: argparse.Namespace, engines: list[str], do_codegen: bool, logdir:
             f.write(report)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": mach, "results": res, "codegen": codegen}, f, indent=1,
-                      default=str)
+            json.dump(
+                {"machine": mach, "results": res, "codegen": codegen},
+                f,
+                indent=1,
+                default=str,
+            )
     return 0
 
 

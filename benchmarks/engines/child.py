@@ -53,7 +53,9 @@ def main() -> int:
     runnable = [w for w in todo if hasattr(engine, w)]
     for w in todo:
         if w not in runnable:
-            common.emit(event="na", workload=w, reason=getattr(engine, f"{w}_na", "n/a"))
+            common.emit(
+                event="na", workload=w, reason=getattr(engine, f"{w}_na", "n/a")
+            )
     if not runnable:
         return 0
 
@@ -65,7 +67,9 @@ def main() -> int:
         common.emit(event="error", workload="setup", error=_short(exc))
         _teardown(engine)
         return 3
-    common.emit(event="result", workload="setup", data={"seconds": time.perf_counter() - t0})
+    common.emit(
+        event="result", workload="setup", data={"seconds": time.perf_counter() - t0}
+    )
     for w in runnable:
         common.emit(event="start", workload=w)
         try:

@@ -108,14 +108,16 @@ def nested_pairs(n: int) -> list[tuple[int, int]]:
     return [(3 + i % 50, 4 + i % 70) for i in range(n)]
 
 
-def measure_nested(run: Callable[[list[tuple[int, int]]], list[float]], n: int) -> dict[str, Any]:
+def measure_nested(
+    run: Callable[[list[tuple[int, int]]], list[float]], n: int
+) -> dict[str, Any]:
     pairs = nested_pairs(n)
     run(pairs[:4])  # warm-up
     t0 = time.perf_counter()
     out = list(run(pairs))
     dt = time.perf_counter() - t0
     want = [(a * a + b * b) ** 0.5 for a, b in pairs]
-    if len(out) != n or any(abs(x - y) > 1e-9 for x, y in zip(out, want)):
+    if len(out) != n or any(abs(x - y) > 1e-9 for x, y in zip(out, want, strict=False)):
         raise AssertionError("nested results are wrong")
     return {"n": n, "seconds": dt, "per_s": n / dt}
 

@@ -37,8 +37,13 @@ class Engine:
     def setup(self) -> None:
         from dask.distributed import Client, LocalCluster
 
-        self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                    host="127.0.0.1", dashboard_address=None)
+        self.cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
         self.client = Client(self.cluster)
         self.client.wait_for_workers(2, timeout=60)
 
@@ -50,7 +55,8 @@ class Engine:
         s = self.sizes
         data = common.measure_latency(
             lambda x: self.client.submit(square, x, pure=False).result(),
-            s.latency_n, s.latency_warmup,
+            s.latency_n,
+            s.latency_warmup,
         )
         data["how"] = "client.submit(square, x, pure=False).result()"
         return data
@@ -58,23 +64,29 @@ class Engine:
     def fanout(self) -> dict[str, Any]:
         n = self.sizes.fanout_for(FANOUT_CAP)
         data = common.measure_fanout(
-            lambda k: self.client.gather(self.client.map(square, range(k), pure=False)), n
+            lambda k: self.client.gather(self.client.map(square, range(k), pure=False)),
+            n,
         )
         data["how"] = "client.gather(client.map(square, range(n), pure=False))"
         return data
 
     def nested(self) -> dict[str, Any]:
         def run(pairs: list[tuple[int, int]]) -> list[float]:
-            a, b = zip(*pairs)
+            a, b = zip(*pairs, strict=False)
             return self.client.gather(self.client.map(pythagorean, a, b, pure=False))
 
         data = common.measure_nested(run, self.sizes.nested_n)
-        data["how"] = "client.map(pythagorean); each parent uses worker_client() for 2 children"
+        data["how"] = (
+            "client.map(pythagorean); each parent uses worker_client() for 2 children"
+        )
         return data
 
     def payload(self) -> dict[str, Any]:
         data = common.measure_payload(
-            lambda a: self.client.submit(echo, a, pure=False).result(), self.sizes.payload_reps
+            lambda a: self.client.submit(echo, a, pure=False).result(),
+            self.sizes.payload_reps,
         )
-        data["how"] = "client.submit(echo, arr, pure=False).result() (array passed inline)"
+        data["how"] = (
+            "client.submit(echo, arr, pure=False).result() (array passed inline)"
+        )
         return data

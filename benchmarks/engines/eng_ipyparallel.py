@@ -27,8 +27,9 @@ class Engine:
     def setup(self) -> None:
         import ipyparallel as ipp
 
-        self.cluster = ipp.Cluster(n=2, controller_ip="127.0.0.1", engine_timeout=60,
-                                   log_level=40)
+        self.cluster = ipp.Cluster(
+            n=2, controller_ip="127.0.0.1", engine_timeout=60, log_level=40
+        )
         self.rc = self.cluster.start_and_connect_sync(activate=False)
         self.rc.wait_for_engines(2, timeout=60)
         self.lview = self.rc.load_balanced_view()
@@ -48,11 +49,15 @@ class Engine:
     def fanout(self) -> dict[str, Any]:
         n = self.sizes.fanout_for(FANOUT_CAP)
         data = common.measure_fanout(lambda k: self.lview.map_sync(square, range(k)), n)
-        data["how"] = "lview.map_sync(square, range(n)) (chunksize=1: one task per item)"
+        data["how"] = (
+            "lview.map_sync(square, range(n)) (chunksize=1: one task per item)"
+        )
         return data
 
-    nested_na = ("an engine runs one task at a time and cannot secede: parents waiting on "
-                 "children hold both engines (deadlock)")
+    nested_na = (
+        "an engine runs one task at a time and cannot secede: parents waiting on "
+        "children hold both engines (deadlock)"
+    )
 
     def payload(self) -> dict[str, Any]:
         data = common.measure_payload(

@@ -36,7 +36,9 @@ class Engine:
 
     def latency(self) -> dict[str, Any]:
         s = self.sizes
-        data = common.measure_latency(self.jobs.square_remote, s.latency_n, s.latency_warmup)
+        data = common.measure_latency(
+            self.jobs.square_remote, s.latency_n, s.latency_warmup
+        )
         data["how"] = "square_remote(x)"
         return data
 
@@ -49,8 +51,12 @@ class Engine:
         return data
 
     def nested(self) -> dict[str, Any]:
-        data = common.measure_nested(self.jobs.pythagorean_remote_fanout, self.sizes.nested_n)
-        data["how"] = "pythagorean_remote_fanout(pairs); each parent awaits 2 square_remote_async"
+        data = common.measure_nested(
+            self.jobs.pythagorean_remote_fanout, self.sizes.nested_n
+        )
+        data["how"] = (
+            "pythagorean_remote_fanout(pairs); each parent awaits 2 square_remote_async"
+        )
         return data
 
     def payload(self) -> dict[str, Any]:

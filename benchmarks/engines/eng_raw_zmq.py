@@ -78,8 +78,10 @@ class Engine:
         data = common.measure_latency(self._rt16, s.latency_n, s.latency_warmup)
         pk = common.measure_latency(self._rt_pickle, s.latency_n, s.latency_warmup)
         data["how"] = "16 B message (id, x) -> (id, x*x)"
-        data["extra"] = {"pickle(fn,args) mini engine p50 us": pk["p50_us"],
-                         "pickle(fn,args) mini engine p99 us": pk["p99_us"]}
+        data["extra"] = {
+            "pickle(fn,args) mini engine p50 us": pk["p50_us"],
+            "pickle(fn,args) mini engine p99 us": pk["p99_us"],
+        }
         return data
 
     def _pipelined(self, n: int, use_pickle: bool) -> list[int]:
@@ -104,9 +106,15 @@ class Engine:
 
     def fanout(self) -> dict[str, Any]:
         self._pipelined(1000, False)
-        data = common.measure_fanout(lambda n: self._pipelined(n, False), self.sizes.fanout_n)
-        pk = common.measure_fanout(lambda n: self._pipelined(n, True), self.sizes.fanout_n)
-        data["how"] = f"16 B messages pipelined, {WINDOW} in flight, replies matched by id"
+        data = common.measure_fanout(
+            lambda n: self._pipelined(n, False), self.sizes.fanout_n
+        )
+        pk = common.measure_fanout(
+            lambda n: self._pipelined(n, True), self.sizes.fanout_n
+        )
+        data["how"] = (
+            f"16 B messages pipelined, {WINDOW} in flight, replies matched by id"
+        )
         data["extra"] = {"pickle(fn,args) mini engine jobs/s": pk["per_s"]}
         return data
 

@@ -10,8 +10,13 @@ from engines.tasks import echo, square
 NAME = "ray"
 LABEL = "ray local (num_cpus=2)"
 FANOUT_CAP = 20_000
-INIT = dict(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-            log_to_driver=False, configure_logging=False)
+INIT = dict(
+    num_cpus=2,
+    include_dashboard=False,
+    _node_ip_address="127.0.0.1",
+    log_to_driver=False,
+    configure_logging=False,
+)
 STARTUP_CODE = f"""
 import ray
 from engines.tasks import square
@@ -66,14 +71,18 @@ class Engine:
             return self.ray.get([self.pyth.remote(a, b) for a, b in pairs])
 
         data = common.measure_nested(run, self.sizes.nested_n)
-        data["how"] = ("remote pythagorean calls ray.get on 2 square tasks (ray lends the "
-                       "blocked worker's CPU and may start extra worker processes)")
+        data["how"] = (
+            "remote pythagorean calls ray.get on 2 square tasks (ray lends the "
+            "blocked worker's CPU and may start extra worker processes)"
+        )
         return data
 
     def payload(self) -> dict[str, Any]:
         data = common.measure_payload(
             lambda a: self.ray.get(self.echo.remote(a)), self.sizes.payload_reps
         )
-        data["how"] = ("ray.get(echo.remote(arr)); the result is a zero-copy read-only view "
-                       "of the shared-memory object store")
+        data["how"] = (
+            "ray.get(echo.remote(arr)); the result is a zero-copy read-only view "
+            "of the shared-memory object store"
+        )
         return data
