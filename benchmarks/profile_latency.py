@@ -44,13 +44,13 @@ print("ROUND-TRIPS", n, "mean-us", (time.perf_counter() - t0) / n * 1e6, flush=T
 
 
 def role(proc: str) -> str:
+    if "lucidity.worker" in proc:
+        return "worker"
     if " control" in proc:
         return "control daemon"
     if " node" in proc:
         return "node daemon"
-    if "worker" in proc or "lucidity.worker" in proc:
-        return "worker"
-    if "-c" in proc:
+    if "latency_client" in proc:
         return "client (app)"
     return proc[:60]
 
@@ -69,8 +69,11 @@ def main() -> int:
     out_dir = args.out or tempfile.mkdtemp(prefix="lucidity-prof-")
     os.makedirs(out_dir, exist_ok=True)
     raw = os.path.join(out_dir, "latency.raw.txt")
+    script = os.path.join(out_dir, "latency_client.py")  # one-line cmdline for py-spy
+    with open(script, "w") as f:
+        f.write(CLIENT)
     client = subprocess.Popen(
-        [sys.executable, "-c", CLIENT, str(args.seconds + 3)],
+        [sys.executable, script, str(args.seconds + 3)],
         stdout=subprocess.PIPE,
         text=True,
         env=common.child_env(),
@@ -127,15 +130,16 @@ def main() -> int:
             if not count.isdigit():
                 continue
             frames = stack.split(";")
-            r = role(frames[0]) if frames[0].startswith("process") else "?"
+            procs = [fr for fr in frames if fr.startswith("process ")]
+            r = role(procs[-1]) if procs else "?"  # the innermost process
             n = int(count)
             by_role[r] += n
             funcs = [
                 re.sub(
                     r" \(.*?/(lib/python[0-9.]+/|site-packages/|lucidity/)", " (", fr
                 )
-                for fr in frames[1:]
-                if not fr.startswith("thread")
+                for fr in frames
+                if not fr.startswith(("process ", "thread "))
             ]
             if funcs:
                 own[r][funcs[-1]] += n
