@@ -143,7 +143,7 @@ def test_try_get_is_none_until_done_then_the_value(app: Any) -> None:
     job = app.sleep_remote_async(0.3)
     assert job.try_get() is None
     assert not job.done()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(concurrent.futures.TimeoutError):
         job.await_get(timeout=0.01)
     assert job.await_get(timeout=WAIT_S) == 0.3
     assert job.done()
