@@ -108,15 +108,10 @@ class JobSpec:
         return "tuple[" + ", ".join(p.type for p in self.params) + "]"
 
     @property
-    def fanout_items(self) -> str:
-        """The expression handing `args_list` to the runtime as tuples.
-
-        The generator's variable lives in its own scope, so no parameter name
-        can clash with it; `args_list` is the stub's only parameter.
-        """
-        if len(self.params) == 1:
-            return "((item,) for item in args_list)"
-        return "args_list"
+    def fanout_function(self) -> str:
+        """The runtime's fanout for this job: a one-parameter job's elements
+        are its lone argument (`fanout_each`), others' are argument tuples."""
+        return "fanout_each" if len(self.params) == 1 else "fanout"
 
     @property
     def ref_expression(self) -> str:

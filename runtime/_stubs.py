@@ -16,6 +16,7 @@ from lucidity.handle import Job
 __all__ = [
     "JobRef",
     "fanout",
+    "fanout_each",
     "run_local",
     "run_remote",
     "submit_local",
@@ -83,3 +84,11 @@ def fanout(ref: JobRef[T], items: Iterable[tuple[Any, ...]]) -> list[T]:
     from lucidity.client import get_client
 
     return get_client().fanout(ref.target, ref.options, items)
+
+
+def fanout_each(ref: JobRef[T], items: Iterable[Any]) -> list[T]:
+    """Run `ref(item)` for every item (a one-parameter job) over the nodes;
+    results in input order. Items travel as they are, not wrapped in tuples."""
+    from lucidity.client import get_client
+
+    return get_client().fanout(ref.target, ref.options, items, single=True)

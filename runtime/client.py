@@ -20,7 +20,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from concurrent.futures import Future
 from typing import Any
 
@@ -67,8 +67,14 @@ MAX_SYSTEM_ATTEMPTS = 3
 # SILENT_CHECKS intervals is lost even if control (maybe down) still lists it.
 SILENT_CHECKS = 20
 IDLE_PING_S = 1.0
-# Jobs of one fanout in flight per worker slot of a node; the rest stream in.
-FANOUT_WINDOW_PER_SLOT = 8
+# Chunks of one fanout in flight per worker slot of the cluster; the rest
+# stream in as results come back.
+FANOUT_WINDOW_PER_SLOT = 4
+# A fanout chunk is sized to run about this long on a worker: long enough that
+# the cost of a message (~0.1-0.5 ms) is noise, short enough to balance nodes.
+CHUNK_TARGET_S = 0.02
+# ...and never more items than this in one message.
+CHUNK_MAX_ITEMS = 8192
 
 
 def _decode_error(frames: list[Any], node: str) -> BaseException:
@@ -87,6 +93,37 @@ def _decode_error(frames: list[Any], node: str) -> BaseException:
     if tb:
         exc_obj.__cause__ = RemoteTraceback(f"{tb.rstrip()}\n(on node {node})")
     return exc_obj
+
+
+class _ChunkSizer:
+    """How many fanout items go in the next chunk.
+
+    Until a chunk has come back nothing is known about the job's cost, so
+    items go one per chunk (a window of them: a slow job is spread over every
+    node at once). Then chunks are sized from the measured time per item, as
+    reported by the workers, to take about CHUNK_TARGET_S; when the number of
+    items left is known, no chunk takes more than its share of the tail.
+    """
+
+    __slots__ = ("per_item_s",)
+
+    def __init__(self) -> None:
+        self.per_item_s: float | None = None
+
+    def observe(self, count: int, elapsed_s: float) -> None:
+        if count <= 0:
+            return
+        seen = elapsed_s / count
+        last = self.per_item_s
+        self.per_item_s = seen if last is None else (last + seen) / 2
+
+    def size(self, left: int | None, slots: int) -> int:
+        if self.per_item_s is None:
+            return 1
+        size = int(CHUNK_TARGET_S / max(self.per_item_s, 1e-9))
+        if left is not None:
+            size = min(size, -(-left // (2 * slots)))
+        return max(1, min(size, CHUNK_MAX_ITEMS))
 
 
 class _Pending:
@@ -245,11 +282,14 @@ class Client:
             self._wake_w.send(b"", zmq.NOBLOCK)
 
     def _new_job(
-        self, target: str, options: JobOptions, args: tuple[Any, ...]
+        self, target: str, options: JobOptions, args: Any, batch: str | None = None
     ) -> tuple[Job[Any], list[Any]]:
         job: Job[Any] = Job(next(self._ids), target)
         job._cancel_hook = self._cancel
         header: dict[str, Any] = {"id": job.job_id, "target": target}
+        if batch is not None:
+            # `args` is a list of items; see worker._run_batch.
+            header["batch"] = batch
         if options.async_set_retry_interval_ms != 100:
             header["set_ms"] = options.async_set_retry_interval_ms
         bundle = self._bundle(target)
@@ -266,17 +306,20 @@ class Client:
         self,
         target: str,
         options: JobOptions,
-        args: tuple[Any, ...],
+        args: Any,
         local: bool = False,
         addr: str | None = None,
         blocking: bool = False,
+        batch: str | None = None,
     ) -> Job[Any]:
         """Start `target(*args)`; on this process's node when `local`.
 
         `blocking` says the caller waits at once (`_local`/`_remote`/fanout),
-        which picks the sync rather than the async retry intervals.
+        which picks the sync rather than the async retry intervals. With
+        `batch` ("tuples" or "single") `args` is a fanout chunk: a list of
+        argument tuples, or of lone arguments.
         """
-        job, frames = self._new_job(target, options, args)
+        job, frames = self._new_job(target, options, args, batch)
         if local:
             addr = self.local_node()
         self._post(("submit", _Pending(job, frames, options, local, addr, blocking)))
@@ -362,17 +405,28 @@ class Client:
         )
 
     def fanout(
-        self, target: str, options: JobOptions, items: Iterable[tuple[Any, ...]]
+        self,
+        target: str,
+        options: JobOptions,
+        items: Iterable[Any],
+        single: bool = False,
     ) -> list[Any]:
-        """One job per item over the live nodes; results in input order.
+        """Run `target` once per item over the live nodes; results in input order.
 
-        In-flight jobs are bounded (FANOUT_WINDOW_PER_SLOT per worker slot of
-        the cluster) and the rest stream in as results come back; only the
-        results are kept, never a million pending jobs. On a failure no further
-        item is submitted; the jobs already out finish, then the first failure
-        in input order is raised.
+        Items are the argument tuples, or with `single` each item is the lone
+        argument. Items travel in chunks (one message, run one after another
+        by one worker, with a result or an error per item) sized by
+        `_ChunkSizer` so that a chunk takes about CHUNK_TARGET_S; a job with a
+        `timeout` or `retries` goes one item per job, since both are per item.
+        Chunks in flight are bounded (FANOUT_WINDOW_PER_SLOT per worker slot)
+        and the rest stream in from `items` as results come back: only the
+        results are kept. On a failure no further item is submitted; what is
+        already out finishes, then the first failure in input order is raised.
         """
         wait_s = INIT_ATTEMPTS * options.init_retry_interval_ms / 1000
+        per_item = options.timeout is not None or options.retries > 0
+        total = len(items) if isinstance(items, Sized) else None
+        source = iter(items)
         with blocking():
             if not self.nodes(timeout=wait_s):
                 raise self._no_nodes_error(options.init_retry_interval_ms)
@@ -380,45 +434,68 @@ class Client:
             failures: dict[int, BaseException] = {}
             out: dict[int, Job[Any]] = {}
             cond = threading.Condition()
+            sizer = _ChunkSizer()
             start = next(self._rr)
 
-            def done(index: int, job: Future[Any]) -> None:
+            def done(first: int, batched: bool, job: Future[Any]) -> None:
                 with cond:
-                    out.pop(index, None)
+                    out.pop(first, None)
                     if job.cancelled():
-                        failures[index] = JobCancelledError(
-                            f"fanout item {index} of {target} was cancelled"
+                        failures[first] = JobCancelledError(
+                            f"fanout item {first} of {target} was cancelled"
                         )
                     elif job.exception() is not None:
-                        failures[index] = job.exception()  # type: ignore[assignment]
+                        failures[first] = job.exception()  # type: ignore[assignment]
+                    elif batched:
+                        values, fail, elapsed, node = job.result()
+                        results[first : first + len(values)] = values
+                        sizer.observe(len(values) + (fail is not None), elapsed)
+                        if fail is not None:
+                            index, frame = fail
+                            failures[first + index] = _decode_error([frame], node)
                     else:
-                        results[index] = job.result()
+                        results[first] = job.result()
                     cond.notify_all()
 
             try:
-                for index, args in enumerate(items):
+                index = 0
+                for chunk_no in itertools.count():
                     nodes = self._nodes or self.nodes(timeout=wait_s)
                     if not nodes:
                         raise self._no_nodes_error(options.init_retry_interval_ms)
-                    window = FANOUT_WINDOW_PER_SLOT * sum(
-                        max(1, int(n.get("workers", 1))) for n in nodes
-                    )
+                    slots = sum(max(1, int(n.get("workers", 1))) for n in nodes)
                     with cond:
-                        while len(out) >= window and not failures:
+                        while len(out) >= FANOUT_WINDOW_PER_SLOT * slots and not failures:
                             cond.wait()
                         if failures:
                             break
-                        results.append(None)
+                        left = None if total is None else total - index
+                        size = 1 if per_item else sizer.size(left, slots)
+                    chunk = list(itertools.islice(source, size))
+                    if not chunk:
+                        break
+                    with cond:
+                        results.extend(itertools.repeat(None, len(chunk)))
                     if options.fanout == "random":
-                        node = random.choice(nodes)
+                        addr = random.choice(nodes)["addr"]
                     else:
-                        node = nodes[(start + index) % len(nodes)]
-                    job = self.submit(
-                        target, options, tuple(args), addr=node["addr"], blocking=True
-                    )
+                        addr = nodes[(start + chunk_no) % len(nodes)]["addr"]
+                    if per_item:
+                        args = (chunk[0],) if single else tuple(chunk[0])
+                        job = self.submit(target, options, args, addr=addr, blocking=True)
+                    else:
+                        job = self.submit(
+                            target,
+                            options,
+                            chunk,
+                            addr=addr,
+                            blocking=True,
+                            batch="single" if single else "tuples",
+                        )
                     with cond:
                         out[index] = job
-                    job.add_done_callback(functools.partial(done, index))
+                    job.add_done_callback(functools.partial(done, index, not per_item))
+                    index += len(chunk)
             except BaseException:
                 with cond:
                     pending = list(out.values())

@@ -403,6 +403,8 @@ class NodeDaemon:
             for limit in ("memory", "fuel"):
                 if task.header.get(limit) is not None:
                     run[limit] = int(task.header[limit])
+            if task.header.get("batch") in ("tuples", "single"):
+                run["batch"] = task.header["batch"]
             if bundle is not None:
                 w.bundle = bundle
                 run["bundle_path"] = str(self._bundle_path(bundle))

@@ -17,6 +17,7 @@ import resource
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -119,6 +120,12 @@ class _Limits:
             resource.setrlimit(resource.RLIMIT_DATA, (allowed, hard))
         return self
 
+    def rearm(self) -> None:
+        """Give the next item of a batch its own full fuel budget."""
+        if self.fuel is not None:
+            self.hit = None
+            signal.setitimer(signal.ITIMER_PROF, self.fuel * FUEL_UNIT_S)
+
     def __exit__(self, *exc: object) -> None:
         if self.fuel is not None:
             signal.setitimer(signal.ITIMER_PROF, 0)
@@ -146,6 +153,23 @@ class _Limits:
         return None
 
 
+def _failure(exc: BaseException, limits: _Limits) -> tuple[list[Any], bool]:
+    """The error payload of a failed job, and whether this worker must retire."""
+    hit = limits.translate(exc)
+    if hit is not None:
+        return p.dumps_error(hit), True
+    if type(exc) is ModuleNotFoundError and _SHIPS_ONLY not in str(exc):
+        node = os.environ.get("LUCIDITY_NODE_ID", "?")
+        missing = ModuleNotFoundError(
+            f"{exc} on node {node}: {_SHIPS_ONLY}; "
+            "install third-party packages on every node",
+            name=exc.name,
+        )
+        missing.__traceback__ = exc.__traceback__
+        return p.dumps_error(missing), False
+    return p.dumps_error(exc), False
+
+
 def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], bool]:
     """Run one job: (ok, payload frames, whether this worker must retire)."""
     target = str(header["target"])
@@ -155,31 +179,50 @@ def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], b
         _bundle_paths.append(str(bundle_path))
         sys.path.insert(0, str(bundle_path))
         importlib.invalidate_caches()
-    memory = header.get("memory")
-    fuel = header.get("fuel")
-    limits = _Limits(target, memory, fuel)
+    limits = _Limits(target, header.get("memory"), header.get("fuel"))
     try:
         func = resolve(target)
         args = p.loads_payload(payload)
+        batch = header.get("batch")
+        if batch is not None:
+            return _run_batch(func, args, batch == "single", limits)
         with limits:
             result = func(*args)
         if limits.hit is not None:  # the job swallowed the limit's exception
             raise limits.hit
         return True, p.dumps_payload(result), False
     except BaseException as exc:  # noqa: B036 - even SystemExit is the job's result
-        hit = limits.translate(exc)
-        if hit is not None:
-            return False, p.dumps_error(hit), True
-        if type(exc) is ModuleNotFoundError and _SHIPS_ONLY not in str(exc):
-            node = os.environ.get("LUCIDITY_NODE_ID", "?")
-            missing = ModuleNotFoundError(
-                f"{exc} on node {node}: {_SHIPS_ONLY}; "
-                "install third-party packages on every node",
-                name=exc.name,
-            )
-            missing.__traceback__ = exc.__traceback__
-            return False, p.dumps_error(missing), False
-        return False, p.dumps_error(exc), False
+        frames, retire = _failure(exc, limits)
+        return False, frames, retire
+
+
+def _run_batch(
+    func: Callable[..., Any], items: list[Any], single: bool, limits: _Limits
+) -> tuple[bool, list[Any], bool]:
+    """Run a fanout chunk, item after item, stopping at the first failure.
+
+    The result is (values, failure, seconds, node): a value per item that
+    ran, and for the item that failed (index, error payload). Limits hold per
+    item: fuel is a budget for each one, and a limit hit retires the worker.
+    """
+    values: list[Any] = []
+    fail: tuple[int, Any] | None = None
+    retire = False
+    started = time.perf_counter()
+    with limits:
+        for index, args in enumerate(items):
+            try:
+                limits.rearm()
+                values.append(func(args) if single else func(*args))
+                if limits.hit is not None:
+                    raise limits.hit
+            except BaseException as exc:  # noqa: B036 - the item's result
+                frames, retire = _failure(exc, limits)
+                fail = (index, frames[0])
+                break
+    elapsed = time.perf_counter() - started
+    node = os.environ.get("LUCIDITY_NODE_ID", "?")
+    return True, p.dumps_payload((values, fail, elapsed, node)), retire
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -58,7 +58,7 @@ def square_remote_async(x: int) -> Job[int]:
 
 def square_remote_fanout(args_list: Iterable[int]) -> list[int]:
     """Run `square` once per element over the nodes; results in input order."""
-    return _lucidity.fanout(_square, ((item,) for item in args_list))
+    return _lucidity.fanout_each(_square, args_list)
 
 
 def pythagorean_local(a: int, b: int) -> float:
@@ -108,4 +108,4 @@ def echo_remote_async(value: Any) -> Job[Any]:
 
 def echo_remote_fanout(args_list: Iterable[Any]) -> list[Any]:
     """Run `echo` once per element over the nodes; results in input order."""
-    return _lucidity.fanout(_echo, ((item,) for item in args_list))
+    return _lucidity.fanout_each(_echo, args_list)

@@ -151,3 +151,11 @@ def spin(seconds: float) -> int:
     while time.process_time() < end:
         n += 1
     return n
+
+
+@job
+def odd_one_out(x: int) -> int:
+    """Square `x`, except that 3000 and 4000 fail (fanout errors inside chunks)."""
+    if x in (3000, 4000):
+        raise AppError(f"item {x} is the odd one out")
+    return x * x

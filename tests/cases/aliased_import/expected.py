@@ -49,7 +49,7 @@ def greet_remote_async(name: str) -> Job[str]:
 
 def greet_remote_fanout(args_list: Iterable[str]) -> list[str]:
     """Run `greet` once per element over the nodes; results in input order."""
-    return _lucidity.fanout(_greet, ((item,) for item in args_list))
+    return _lucidity.fanout_each(_greet, args_list)
 
 
 def shout_local(name: str) -> str:
@@ -74,4 +74,4 @@ def shout_remote_async(name: str) -> Job[str]:
 
 def shout_remote_fanout(args_list: Iterable[str]) -> list[str]:
     """Run `shout` once per element over the nodes; results in input order."""
-    return _lucidity.fanout(_shout, ((item,) for item in args_list))
+    return _lucidity.fanout_each(_shout, args_list)

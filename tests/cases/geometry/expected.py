@@ -51,7 +51,7 @@ def square_remote_async(a: int) -> Job[int]:
 
 def square_remote_fanout(args_list: Iterable[int]) -> list[int]:
     """Run `square` once per element over the nodes; results in input order."""
-    return _lucidity.fanout(_square, ((item,) for item in args_list))
+    return _lucidity.fanout_each(_square, args_list)
 
 
 def pythagorean_local(a: int, b: int) -> float:

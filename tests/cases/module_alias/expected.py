@@ -51,7 +51,7 @@ def total_remote_async(values: list[int]) -> Job[int]:
 
 def total_remote_fanout(args_list: Iterable[list[int]]) -> list[int]:
     """Run `total` once per element over the nodes; results in input order."""
-    return _lucidity.fanout(_total, ((item,) for item in args_list))
+    return _lucidity.fanout_each(_total, args_list)
 
 
 def count_local(values: list[int]) -> int:
@@ -76,4 +76,4 @@ def count_remote_async(values: list[int]) -> Job[int]:
 
 def count_remote_fanout(args_list: Iterable[list[int]]) -> list[int]:
     """Run `count` once per element over the nodes; results in input order."""
-    return _lucidity.fanout(_count, ((item,) for item in args_list))
+    return _lucidity.fanout_each(_count, args_list)

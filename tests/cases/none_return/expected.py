@@ -43,4 +43,4 @@ def log_remote_async(message: str) -> Job[None]:
 
 def log_remote_fanout(args_list: Iterable[str]) -> list[None]:
     """Run `log` once per element over the nodes; results in input order."""
-    return _lucidity.fanout(_log, ((item,) for item in args_list))
+    return _lucidity.fanout_each(_log, args_list)

@@ -43,4 +43,4 @@ def double_remote_async(x: float) -> Job[float]:
 
 def double_remote_fanout(args_list: Iterable[float]) -> list[float]:
     """Run `double` once per element over the nodes; results in input order."""
-    return _lucidity.fanout(_double, ((item,) for item in args_list))
+    return _lucidity.fanout_each(_double, args_list)

@@ -47,4 +47,4 @@ def area_remote_async(shape: Shape) -> Job[float]:
 
 def area_remote_fanout(args_list: Iterable[Shape]) -> list[float]:
     """Run `area` once per element over the nodes; results in input order."""
-    return _lucidity.fanout(_area, ((item,) for item in args_list))
+    return _lucidity.fanout_each(_area, args_list)
