@@ -187,7 +187,7 @@ class Client:
         self.control = control
         self.keys = keys
         # Keys for one address instead of `keys` (this process's private node).
-        self._addr_keys: dict[str, Keys] = {}
+        self._addr_keys: dict[str, Keys | None] = {}
         self._watches: list[HandshakeWatch] = []
         # Addresses whose handshake refused us, and why.
         self._refused: dict[str, AuthenticationError] = {}
@@ -239,7 +239,7 @@ class Client:
 
     def _secure(self, sock: zmq.Socket[Any], addr: str) -> None:
         """Keys and size limit for `sock`, and a watch on its handshakes."""
-        keys = self._addr_keys.get(addr, self.keys)
+        keys = self._addr_keys[addr] if addr in self._addr_keys else self.keys
         if keys is not None:
             secure_client(sock, keys)
         set_max_message(sock, self._max_mb)
@@ -352,8 +352,9 @@ class Client:
 
             self._private_node = start_private_node()
             node = self._private_node.nodes[0]
-            if self._private_node.keys is not None:
-                self._addr_keys[node] = self._private_node.keys
+            # Private by its ipc folder, not by keys: never offer it the
+            # cluster's keys (a CURVE handshake with a plain socket fails).
+            self._addr_keys[node] = None
             self._local_node = node
         return self._local_node
 
@@ -465,7 +466,9 @@ class Client:
                         raise self._no_nodes_error(options.init_retry_interval_ms)
                     slots = sum(max(1, int(n.get("workers", 1))) for n in nodes)
                     with cond:
-                        while len(out) >= FANOUT_WINDOW_PER_SLOT * slots and not failures:
+                        while (
+                            len(out) >= FANOUT_WINDOW_PER_SLOT * slots and not failures
+                        ):
                             cond.wait()
                         if failures:
                             break
@@ -482,7 +485,9 @@ class Client:
                         addr = nodes[(start + chunk_no) % len(nodes)]["addr"]
                     if per_item:
                         args = (chunk[0],) if single else tuple(chunk[0])
-                        job = self.submit(target, options, args, addr=addr, blocking=True)
+                        job = self.submit(
+                            target, options, args, addr=addr, blocking=True
+                        )
                     else:
                         job = self.submit(
                             target,
@@ -912,9 +917,7 @@ def get_client() -> Client:
             from lucidity.embedded import start_embedded
 
             _cluster = start_embedded()
-            _client = Client(
-                _cluster.control, local_node=_cluster.nodes[0], keys=_cluster.keys
-            )
+            _client = Client(_cluster.control, local_node=_cluster.nodes[0])
             try:
                 _client.wait_for_nodes(len(_cluster.nodes), timeout=15)
             except BaseException:

@@ -28,7 +28,6 @@ import ipaddress
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +52,6 @@ __all__ = [
     "add_member",
     "check_bind",
     "client_max_message",
-    "ephemeral_keys",
     "is_loopback",
     "keygen",
     "keys_from_env",
@@ -181,14 +179,6 @@ def add_member(path: str | os.PathLike[str], name: str) -> Path:
     public, secret = _create(target, MEMBER)
     shutil.copyfile(public, folder / AUTHORIZED / f"{name}.key")
     return target
-
-
-def ephemeral_keys() -> Keys:
-    """A throwaway cluster's keys in a private (0700) temporary folder: how an
-    embedded cluster keeps other local users out. The caller removes it."""
-    folder = Path(tempfile.mkdtemp(prefix="lucidity-keys-"))
-    keygen(folder)
-    return load_keys(folder, server=True)
 
 
 # ---- sockets -----------------------------------------------------------------

@@ -350,7 +350,29 @@ def test_keygen_cli(tmp_path: Path) -> None:
 # ---- the embedded cluster ------------------------------------------------
 
 
+def _connect_as_nobody(path: str) -> str:
+    """Try to connect to the unix socket `path` as user `nobody` (a forked
+    child that drops to uid 65534); how it went."""
+    pid = os.fork()
+    if pid == 0:  # the child: no Python cleanup, just an exit status
+        code = 2
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+            code = 1
+        except PermissionError:
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return {0: "refused", 1: "connected"}.get(os.waitstatus_to_exitcode(status), "?")
+
+
 def test_embedded_cluster_is_private(app_dir: Path, monkeypatch: Any) -> None:
+    """The embedded daemons listen only on ipc sockets in a 0700 folder: no
+    other local user can connect (checked as `nobody` when we are root)."""
     from lucidity.embedded import start_embedded
 
     monkeypatch.syspath_prepend(str(app_dir))
@@ -358,15 +380,20 @@ def test_embedded_cluster_is_private(app_dir: Path, monkeypatch: Any) -> None:
     cluster = start_embedded(nodes=1, workers=1)
     clients: list[Client] = []
     try:
-        assert cluster.keys is not None
-        folder = cluster.keys.path
+        assert cluster.folder is not None
+        folder = Path(cluster.folder)
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-        own = Client(cluster.control, keys=cluster.keys)
-        stranger = Client(cluster.control)
-        clients += [own, stranger]
+        endpoints = [cluster.control, *cluster.nodes]
+        for endpoint in endpoints:
+            assert endpoint is not None and endpoint.startswith(f"ipc://{folder}/")
+        own = Client(cluster.control)
+        clients.append(own)
         own.wait_for_nodes(1, WAIT_S)
         assert _square(own, 4) == 16
-        _refused(stranger, addr=cluster.nodes[0])
+        if os.geteuid() == 0:
+            for endpoint in endpoints:
+                assert endpoint is not None
+                assert _connect_as_nobody(endpoint[len("ipc://") :]) == "refused"
     finally:
         for c in clients:
             c.close()

@@ -11,7 +11,6 @@ from lucidity.errors import KeysError
 from lucidity.security import (
     add_member,
     check_bind,
-    ephemeral_keys,
     is_loopback,
     keygen,
     load_keys,
@@ -88,11 +87,5 @@ def test_open_bind_needs_keys_or_insecure(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="refusing to listen on tcp://0.0.0.0"):
         check_bind("tcp://0.0.0.0:*", None, False, "node")
     check_bind("tcp://0.0.0.0:*", None, True, "node")
-    keys = ephemeral_keys()
-    try:
-        assert _mode(keys.path) == 0o700
-        check_bind("tcp://0.0.0.0:*", keys, False, "node")
-    finally:
-        import shutil
-
-        shutil.rmtree(keys.path)
+    keys = load_keys(keygen(tmp_path / "keys"), server=True)
+    check_bind("tcp://0.0.0.0:*", keys, False, "node")
