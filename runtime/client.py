@@ -41,7 +41,7 @@ from lucidity.errors import (
     RemoteTraceback,
     WorkerLostError,
 )
-from lucidity.handle import Job, blocking
+from lucidity.handle import Job, blocking, child_depth
 from lucidity.security import (
     HandshakeWatch,
     Keys,
@@ -290,6 +290,9 @@ class Client:
         if batch is not None:
             # `args` is a list of items; see worker._run_batch.
             header["batch"] = batch
+        depth = child_depth()
+        if depth is not None:
+            header["depth"] = depth
         if options.async_set_retry_interval_ms != 100:
             header["set_ms"] = options.async_set_retry_interval_ms
         bundle = self._bundle(target)

@@ -30,6 +30,22 @@ def set_blocking_hooks(
     _blocking_hooks = hooks
 
 
+# The nesting depth of the job this process runs (set by the worker for each
+# job; None outside a worker): jobs submitted from it are one deeper, which
+# is how a node lends a blocked job's slot to its children only.
+_job_depth: int | None = None
+
+
+def set_job_depth(depth: int | None) -> None:
+    global _job_depth
+    _job_depth = depth
+
+
+def child_depth() -> int | None:
+    """The depth of a job submitted from here, or None for an app's job."""
+    return None if _job_depth is None else _job_depth + 1
+
+
 @contextlib.contextmanager
 def blocking() -> Iterator[None]:
     """Mark a wait of user code on child jobs (lends the worker's slot out)."""

@@ -59,6 +59,57 @@ def default_cache_dir() -> str:
     return os.path.join(base, "lucidity", "bundles")
 
 
+# Deeper nesting than this is refused (a runaway recursion, not a workload).
+MAX_DEPTH = 1000
+
+
+class _Queue:
+    """Queued jobs, one FIFO per nesting depth.
+
+    A worker blocked on child jobs lends its slot, but only to jobs deeper
+    than its own: the children it waits for, or theirs. A job of depth d
+    may start while the workers running unblocked, plus the blocked ones of
+    depth >= d, are fewer than the slots. So an app that submits 10,000
+    nested jobs at once still runs `slots` of them at a time (not 10,000
+    worker processes), and children always find a slot (no deadlock):
+    workers stay within slots x (depth + 1).
+    """
+
+    def __init__(self) -> None:
+        self.by_depth: dict[int, collections.deque[Task]] = {}
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append(self, task: Task) -> None:
+        self.by_depth.setdefault(task.depth, collections.deque()).append(task)
+        self.size += 1
+
+    def remove(self, task: Task) -> None:
+        """Remove `task`; ValueError if it is not queued."""
+        queue = self.by_depth.get(task.depth)
+        if queue is None:
+            raise ValueError("not queued")
+        if queue and queue[0] is task:
+            queue.popleft()
+        else:
+            queue.remove(task)
+        if not queue:
+            del self.by_depth[task.depth]
+        self.size -= 1
+
+    def next_eligible(
+        self, slots: int, running: int, blocked_depths: list[int]
+    ) -> Task | None:
+        """The job to start next (deepest first), or None if none may start."""
+        for depth in sorted(self.by_depth, reverse=True):
+            held = sum(1 for d in blocked_depths if d >= depth)
+            if running + held < slots:
+                return self.by_depth[depth][0]
+        return None
+
+
 # Surplus idle workers are kept this long before they are let go.
 SPARE_IDLE_S = 5.0
 
@@ -73,6 +124,9 @@ class Task:
     job_id: int
     header: dict[str, Any]
     payload: list[zmq.Frame]
+    # How deeply nested: 0 for an app's job, its parent's depth + 1 for a
+    # job submitted from inside a job (see `_dispatch`).
+    depth: int = 0
 
 
 @dataclass
@@ -128,6 +182,8 @@ class NodeDaemon:
         self.cache_dir = Path(cache_dir or default_cache_dir())
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.awaiting: dict[str, list[Task]] = {}
+        self._paths: dict[str, Path] = {}
+        self._cached: set[str] = set()
         self._dir = tempfile.mkdtemp(prefix="lucidity-node-")
         os.chmod(self._dir, 0o700)
         self.back = self.ctx.socket(zmq.ROUTER)
@@ -143,7 +199,8 @@ class NodeDaemon:
         self.loop.add_reader(self.front, self._on_client)
         self.loop.add_reader(self.back, self._on_worker)
         self.workers: dict[bytes, Worker] = {}
-        self.queue: collections.deque[Task] = collections.deque()
+        # Queued jobs by nesting depth (see `_dispatch`).
+        self.queue = _Queue()
         self.tasks: dict[tuple[bytes, int], Task] = {}
         self._keys = itertools.count(1)
         self.stats = _Stats()
@@ -200,6 +257,9 @@ class NodeDaemon:
 
     def _running(self) -> int:
         return sum(1 for w in self.workers.values() if w.task and not w.blocked)
+
+    def _blocked_depths(self) -> list[int]:
+        return [w.task.depth for w in self.workers.values() if w.task and w.blocked]
 
     def _heartbeat_frame(self, leaving: bool = False) -> bytes:
         return p.encode(
@@ -374,8 +434,10 @@ class NodeDaemon:
 
     def _dispatch(self) -> None:
         running = self._running()
-        while self.queue and running < self.slots:
-            task = self.queue[0]
+        while True:
+            task = self.queue.next_eligible(self.slots, running, self._blocked_depths())
+            if task is None:
+                return
             bundle = task.header.get("bundle")
             w = self._idle_for(bundle)
             if w is None:
@@ -396,10 +458,14 @@ class NodeDaemon:
                         self._retire(other)
                     self._spawn()
                 return
-            self.queue.popleft()
+            self.queue.remove(task)
             w.task = task
             running += 1
-            run: dict[str, Any] = {"key": task.key, "target": task.header["target"]}
+            run: dict[str, Any] = {
+                "key": task.key,
+                "target": task.header["target"],
+                "depth": task.depth,
+            }
             for limit in ("memory", "fuel"):
                 if task.header.get(limit) is not None:
                     run[limit] = int(task.header[limit])
@@ -439,7 +505,19 @@ class NodeDaemon:
         self._trim()  # busy extras are looked at again later
 
     def _bundle_path(self, digest: str) -> Path:
-        return self.cache_dir / f"{digest}.zip"
+        path = self._paths.get(digest)
+        if path is None:
+            path = self._paths[digest] = self.cache_dir / f"{digest}.zip"
+        return path
+
+    def _have_bundle(self, digest: str) -> bool:
+        # Known bundles skip the stat: this is on every job's path.
+        if digest in self._cached:
+            return True
+        if self._bundle_path(digest).exists():
+            self._cached.add(digest)
+            return True
+        return False
 
     # ---- clients ---------------------------------------------------------
 
@@ -483,9 +561,12 @@ class NodeDaemon:
             isinstance(bundle, str) and _DIGEST.fullmatch(bundle)
         ):
             raise ValueError(f"bad bundle digest {bundle!r}")
-        task = Task(next(self._keys), ident, job_id, header, payload)
+        depth = header.get("depth", 0)
+        if not isinstance(depth, int) or not 0 <= depth <= MAX_DEPTH:
+            raise ValueError(f"bad depth {depth!r}")
+        task = Task(next(self._keys), ident, job_id, header, payload, depth)
         self.tasks[(ident, job_id)] = task
-        if bundle is not None and not self._bundle_path(bundle).exists():
+        if bundle is not None and not self._have_bundle(bundle):
             waiting = self.awaiting.setdefault(bundle, [])
             if not waiting:
                 head = p.encode(p.MsgType.FETCH, {"bundle": bundle})
@@ -524,8 +605,10 @@ class NodeDaemon:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
+        self._cached.add(digest)
         log.info("cached bundle %s (%d bytes)", digest[:12], len(data))
-        self.queue.extend(waiting)
+        for task in waiting:
+            self.queue.append(task)
 
     def _on_ping(
         self, ident: bytes, header: dict[str, Any], payload: list[zmq.Frame]

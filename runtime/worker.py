@@ -25,7 +25,7 @@ import zmq
 
 from lucidity import protocol as p
 from lucidity.errors import FuelExhaustedError, MemoryLimitError
-from lucidity.handle import set_blocking_hooks
+from lucidity.handle import set_blocking_hooks, set_job_depth
 
 __all__ = ["main", "resolve"]
 
@@ -180,6 +180,7 @@ def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], b
         sys.path.insert(0, str(bundle_path))
         importlib.invalidate_caches()
     limits = _Limits(target, header.get("memory"), header.get("fuel"))
+    set_job_depth(int(header.get("depth", 0)))
     try:
         func = resolve(target)
         args = p.loads_payload(payload)

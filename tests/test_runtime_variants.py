@@ -207,6 +207,24 @@ def test_three_levels_deep(app: Any, bounded: Any) -> None:
     assert got == [(3, 5), (4, 14), (5, 30), (6, 55)]
 
 
+def test_many_nested_jobs_at_once_keep_the_workers_bounded(
+    app: Any, rt_client: Any, procs: Any
+) -> None:
+    # 300 parents at once, each blocked on 2 children: a blocked parent lends
+    # its slot only to deeper jobs, so each one-slot node runs one parent at a
+    # time plus its children: not 300 worker processes.
+    peak = 0
+
+    def count() -> int:
+        return max(len(procs.children(pid)) for pid in rt_client.node_pids)
+
+    jobs = [app.pythagorean_remote_async(3 * k, 4 * k) for k in range(1, 301)]
+    for job in jobs:
+        assert job.await_get(timeout=WAIT_S) == 5.0 * jobs.index(job) + 5.0
+        peak = max(peak, count())
+    assert peak <= 3  # the slot, a lent one for depth 1, one being replaced
+
+
 # ---- errors -----------------------------------------------------------------
 
 
