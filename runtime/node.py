@@ -59,6 +59,10 @@ def default_cache_dir() -> str:
     return os.path.join(base, "lucidity", "bundles")
 
 
+# Blocked jobs also lend their slots to jobs of their own depth, up to this
+# many per slot: parents blocked on children are cheap, so a few more may
+# wait at once (more children in flight), within a bound.
+LEND_PER_SLOT = 3
 # Deeper nesting than this is refused (a runaway recursion, not a workload).
 MAX_DEPTH = 1000
 
@@ -104,7 +108,8 @@ class _Queue:
     ) -> Task | None:
         """The job to start next (deepest first), or None if none may start."""
         for depth in sorted(self.by_depth, reverse=True):
-            held = sum(1 for d in blocked_depths if d >= depth)
+            blocked = sum(1 for d in blocked_depths if d >= depth)
+            held = max(0, blocked - LEND_PER_SLOT * slots)
             if running + held < slots:
                 return self.by_depth[depth][0]
         return None

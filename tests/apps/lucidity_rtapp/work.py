@@ -159,3 +159,11 @@ def odd_one_out(x: int) -> int:
     if x in (3000, 4000):
         raise AppError(f"item {x} is the odd one out")
     return x * x
+
+
+@job
+def parent_of_sleep(seconds: float) -> float:
+    """Block on one child job that sleeps `seconds`."""
+    from lucidity_rtapp.work_jobs import sleep_remote
+
+    return sleep_remote(seconds)
