@@ -128,6 +128,8 @@ class NodeDaemon:
         self.cache_dir = Path(cache_dir or default_cache_dir())
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.awaiting: dict[str, list[Task]] = {}
+        # Bundles in the cache whose bytes this node has checked against their hash.
+        self.verified: set[str] = set()
         self._dir = tempfile.mkdtemp(prefix="lucidity-node-")
         os.chmod(self._dir, 0o700)
         self.back = self.ctx.socket(zmq.ROUTER)
@@ -483,7 +485,7 @@ class NodeDaemon:
             raise ValueError(f"bad bundle digest {bundle!r}")
         task = Task(next(self._keys), ident, job_id, header, payload)
         self.tasks[(ident, job_id)] = task
-        if bundle is not None and not self._bundle_path(bundle).exists():
+        if bundle is not None and not self._have_bundle(bundle):
             waiting = self.awaiting.setdefault(bundle, [])
             if not waiting:
                 head = p.encode(p.MsgType.FETCH, {"bundle": bundle})
@@ -522,8 +524,28 @@ class NodeDaemon:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
+        self.verified.add(digest)
         log.info("cached bundle %s (%d bytes)", digest[:12], len(data))
         self.queue.extend(waiting)
+
+    def _have_bundle(self, digest: str) -> bool:
+        """Whether the cache holds this bundle, checked against its hash once
+        per node run: a file that does not match (a torn write, a damaged
+        disk, tampering) is fetched again, never imported."""
+        if digest in self.verified:
+            return True
+        try:
+            data = self._bundle_path(digest).read_bytes()
+        except FileNotFoundError:
+            return False
+        if hashlib.sha256(data).hexdigest() != digest:
+            log.warning(
+                "cached bundle %s does not match its hash; fetching it again",
+                digest[:12],
+            )
+            return False
+        self.verified.add(digest)
+        return True
 
     def _on_ping(
         self, ident: bytes, header: dict[str, Any], payload: list[zmq.Frame]
