@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,10 +140,11 @@ def run_bounded(fn: Callable[[], T], timeout: float) -> T:
             fut.set_exception(exc)
 
     threading.Thread(target=target, daemon=True, name="bounded-call").start()
-    try:
-        return fut.result(timeout)
-    except TimeoutError:
+    # Not `except TimeoutError` around result(): a job's JobTimeoutError is one.
+    done, _ = futures.wait([fut], timeout)
+    if not done:
         pytest.fail(f"{fn!r} did not finish within {timeout} s (deadlock?)")
+    return fut.result()
 
 
 @pytest.fixture(scope="session")
