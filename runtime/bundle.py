@@ -104,7 +104,7 @@ def build_bundle(module: str, limit: int | None = None) -> Bundle | None:
     if size > limit:
         raise BundleTooLargeError(
             f"the source of package {top!r} ({size / 2**20:.1f} MiB in {len(files)} "
-            f"files) is over the {limit / 2**20:.0f} MiB bundle limit: move data "
+            f"files) is over the {limit / 2**20:.3g} MiB bundle limit: move data "
             "files out of the package, install the package on every node, or raise "
             "LUCIDITY_MAX_BUNDLE_MB"
         )

@@ -215,6 +215,9 @@ class Client:
         self._parked: list[_Pending] = []
         self._park_timer: int | None = None
         self._last_heard: dict[str, float] = {}
+        # The one pending `_ping` timer, and the period it was armed with.
+        self._ping_timer: int | None = None
+        self._ping_period = IDLE_PING_S
         self._bundles: dict[str, Bundle | None] = {}
         self._by_digest: dict[str, Bundle] = {}
         self._bundle_lock = threading.Lock()
@@ -535,7 +538,7 @@ class Client:
     def _run(self) -> None:
         if self._ctl is not None:
             self._subscribe()
-        self.loop.call_later(IDLE_PING_S, self._ping)
+        self._ping_timer = self.loop.call_later(IDLE_PING_S, self._ping)
         try:
             self.loop.run()
         finally:
@@ -604,6 +607,11 @@ class Client:
             return
         self._inflight[pending.job.job_id] = pending
         self._last_heard.setdefault(addr, time.monotonic())
+        if pending.check_ms < self._ping_period * 1000:
+            # Check this node at the job's pace from now on: the next tick of
+            # a slower period could come after the job's silence window ends
+            # and give a healthy node up.
+            self._arm_ping(pending.check_ms / 1000)
         if pending.timer is None and pending.options.timeout is not None:
             pending.timer = self.loop.call_later(
                 pending.options.timeout, lambda: self._on_timeout(pending)
@@ -777,13 +785,13 @@ class Client:
         sock.send_multipart([head, bundle.data], copy=False)
 
     def _ping(self) -> None:
+        self._ping_timer = None  # this one: fired, nothing to cancel
         now = time.monotonic()
         check_ms: dict[str, int] = {}
         for x in self._inflight.values():
             if x.addr is not None:
                 check_ms[x.addr] = min(check_ms.get(x.addr, x.check_ms), x.check_ms)
-        period = min(check_ms.values(), default=IDLE_PING_S * 1000) / 1000
-        self.loop.call_later(period, self._ping)
+        self._arm_ping(min(check_ms.values(), default=IDLE_PING_S * 1000) / 1000)
         for addr in [a for a in self._last_heard if a not in check_ms]:
             del self._last_heard[addr]  # idle nodes owe us nothing
         silent = set()
@@ -804,6 +812,12 @@ class Client:
             with self._cond:
                 self._nodes = [n for n in self._nodes if n["addr"] not in silent]
             self._on_nodes_lost(silent)
+
+    def _arm_ping(self, period: float) -> None:
+        if self._ping_timer is not None:
+            self.loop.cancel(self._ping_timer)
+        self._ping_period = period
+        self._ping_timer = self.loop.call_later(period, self._ping)
 
     def _on_nodes_lost(self, lost: set[str]) -> None:
         for addr in lost:

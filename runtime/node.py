@@ -187,8 +187,8 @@ class NodeDaemon:
         self.cache_dir = Path(cache_dir or default_cache_dir())
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.awaiting: dict[str, list[Task]] = {}
-        self._paths: dict[str, Path] = {}
-        self._cached: set[str] = set()
+        # Bundles in the cache whose bytes this node has checked against their hash.
+        self.verified: set[str] = set()
         self._dir = tempfile.mkdtemp(prefix="lucidity-node-")
         os.chmod(self._dir, 0o700)
         self.back = self.ctx.socket(zmq.ROUTER)
@@ -510,19 +510,7 @@ class NodeDaemon:
         self._trim()  # busy extras are looked at again later
 
     def _bundle_path(self, digest: str) -> Path:
-        path = self._paths.get(digest)
-        if path is None:
-            path = self._paths[digest] = self.cache_dir / f"{digest}.zip"
-        return path
-
-    def _have_bundle(self, digest: str) -> bool:
-        # Known bundles skip the stat: this is on every job's path.
-        if digest in self._cached:
-            return True
-        if self._bundle_path(digest).exists():
-            self._cached.add(digest)
-            return True
-        return False
+        return self.cache_dir / f"{digest}.zip"
 
     # ---- clients ---------------------------------------------------------
 
@@ -610,10 +598,29 @@ class NodeDaemon:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
-        self._cached.add(digest)
+        self.verified.add(digest)
         log.info("cached bundle %s (%d bytes)", digest[:12], len(data))
         for task in waiting:
             self.queue.append(task)
+
+    def _have_bundle(self, digest: str) -> bool:
+        """Whether the cache holds this bundle, checked against its hash once
+        per node run: a file that does not match (a torn write, a damaged
+        disk, tampering) is fetched again, never imported."""
+        if digest in self.verified:
+            return True
+        try:
+            data = self._bundle_path(digest).read_bytes()
+        except FileNotFoundError:
+            return False
+        if hashlib.sha256(data).hexdigest() != digest:
+            log.warning(
+                "cached bundle %s does not match its hash; fetching it again",
+                digest[:12],
+            )
+            return False
+        self.verified.add(digest)
+        return True
 
     def _on_ping(
         self, ident: bytes, header: dict[str, Any], payload: list[zmq.Frame]

@@ -8,10 +8,15 @@
 * `rt_client`: this process's client connected to `rt_cluster` for one test,
   shut down after it.
 * `rt_daemons`: a factory of extra daemons for one test, all stopped after it.
+* `make_daemons`: the same factory for another app's folder and environment
+  (`make_daemons(cwd, env)`), for test modules that bring their own app.
 
-Every daemon is owned here and ended by pid in a finalizer: SIGTERM, a
-bounded wait, then SIGKILL; its workers are collected from `/proc` first and
-must be gone too. Every wait is bounded.
+This is the one way tests start daemons (and helper processes that print the
+same `LUCIDITY-READY` line). Every process is owned here and ended by pid in a
+finalizer: SIGCONT (a SIGSTOPped process must see what follows), SIGTERM, a
+bounded wait, then SIGKILL; its workers are collected from `/proc` first, and
+every pid ever seen under one of our processes (workers of a SIGKILLed node
+are no longer our descendants) must be gone too. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +58,15 @@ def _stat(pid: int) -> tuple[str, int] | None:
         return None
     fields = text[text.rindex(")") + 2 :].split()
     return fields[0], int(fields[1])
+
+
+def start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks after boot): tells a pid from its reuse."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return int(text[text.rindex(")") + 2 :].split()[19])
 
 
 def alive(pid: int) -> bool:
@@ -125,10 +140,11 @@ def run_bounded(fn: Callable[[], T], timeout: float) -> T:
             fut.set_exception(exc)
 
     threading.Thread(target=target, daemon=True, name="bounded-call").start()
-    try:
-        return fut.result(timeout)
-    except TimeoutError:
+    # Not `except TimeoutError` around result(): a job's JobTimeoutError is one.
+    done, _ = futures.wait([fut], timeout)
+    if not done:
         pytest.fail(f"{fn!r} did not finish within {timeout} s (deadlock?)")
+    return fut.result()
 
 
 @pytest.fixture(scope="session")
@@ -155,6 +171,10 @@ class Daemon:
             return self.log.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def workers(self) -> list[int]:
+        """The live child processes (a node's workers)."""
+        return children(self.pid)
 
 
 def _read_ready(d: Daemon, timeout: float) -> str:
@@ -189,36 +209,54 @@ def _read_ready(d: Daemon, timeout: float) -> str:
 
 @dataclass
 class Daemons:
-    """Daemons started from the app's folder; `stop_all` ends them by pid."""
+    """Processes started from the app's folder; `stop_all` ends them by pid."""
 
     cwd: Path
     env: dict[str, str]
     logdir: Path
     started: list[Daemon] = field(default_factory=list)
+    # Every pid ever seen under one of our processes, with its start time
+    # (a pid can be reused): the workers of a node that was SIGKILLed are no
+    # longer our descendants, and must go too.
+    seen: dict[int, int | None] = field(default_factory=dict)
 
-    def start(self, kind: str, *args: str, wait: bool = True) -> Daemon:
+    def spawn(
+        self,
+        kind: str,
+        argv: list[str],
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+    ) -> Daemon:
+        """Start `argv` (stderr to a log); with `wait`, read its READY line."""
         log = self.logdir / f"{kind}-{len(self.started)}.log"
         with open(log, "wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "lucidity", "--log-level", "WARNING", kind]
-                + list(args)
-                + ["--parent-pipe"],  # safety net: gone if pytest itself dies
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,
-                cwd=self.cwd,
-                env=self.env,
+                cwd=self.cwd if cwd is None else cwd,
+                env=self.env if env is None else env,
             )
         d = Daemon(kind, proc, log)
         self.started.append(d)
         if wait:
             d.endpoint = _read_ready(d, READY_TIMEOUT_S)
+            self.snapshot()
         return d
 
-    def control(self, *args: str) -> Daemon:
-        return self.start("control", "--bind", "tcp://127.0.0.1:*", *args)
+    def start(self, kind: str, *args: str, wait: bool = True, **kw: Any) -> Daemon:
+        """`lucidity KIND ARGS...`; `cwd` and `env` override the folder's."""
+        argv = [sys.executable, "-m", "lucidity", "--log-level", "WARNING", kind]
+        # --parent-pipe: a safety net, gone if pytest itself dies.
+        return self.spawn(kind, [*argv, *args, "--parent-pipe"], wait=wait, **kw)
 
-    def node(self, control: str, *args: str, workers: int = 1) -> Daemon:
+    def control(self, *args: str, **kw: Any) -> Daemon:
+        return self.start("control", "--bind", "tcp://127.0.0.1:*", *args, **kw)
+
+    def node(self, control: str, *args: str, workers: int = 1, **kw: Any) -> Daemon:
         return self.start(
             "node",
             "--control",
@@ -228,17 +266,36 @@ class Daemons:
             "--workers",
             str(workers),
             *args,
+            **kw,
         )
 
-    def stop(self, d: Daemon) -> list[int]:
-        """SIGTERM, bounded wait, SIGKILL; then its workers must be gone too.
+    def snapshot(self) -> None:
+        """Remember every process now running under one of ours."""
+        for d in self.started:
+            for pid in descendants(d.pid):
+                self.seen.setdefault(pid, start_time(pid))
 
-        Returns the pids (daemon or workers) that had to be SIGKILLed.
+    def signal(self, d: Daemon, sig: int) -> None:
+        """Send `sig` to `d` (its workers are remembered first); after
+        SIGKILL, wait (bounded) until it is gone."""
+        self.snapshot()
+        os.kill(d.pid, sig)
+        if sig == signal.SIGKILL:
+            d.proc.wait(STOP_TIMEOUT_S)
+
+    def stop(self, d: Daemon) -> list[int]:
+        """SIGCONT, SIGTERM, bounded wait, SIGKILL; then its workers must be
+        gone too. Returns the pids (daemon or workers) that had to be SIGKILLed.
         """
         forced = []
+        self.snapshot()
         tree = descendants(d.pid)
         if d.proc.poll() is None:
-            d.proc.send_signal(signal.SIGTERM)
+            for sig in (signal.SIGCONT, signal.SIGTERM):
+                try:
+                    d.proc.send_signal(sig)
+                except ProcessLookupError:
+                    pass
             try:
                 d.proc.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -254,10 +311,20 @@ class Daemons:
         return forced
 
     def stop_all(self) -> list[int]:
+        self.snapshot()
         forced = []
         for d in reversed(self.started):
             forced.extend(self.stop(d))
         self.started.clear()
+        ours = [pid for pid, t in self.seen.items() if start_time(pid) == t]
+        orphans = [
+            pid
+            for pid in wait_gone(ours, STOP_TIMEOUT_S)
+            if start_time(pid) == self.seen[pid]
+        ]
+        kill_pids(orphans)
+        forced.extend(pid for pid in orphans if pid not in forced)
+        self.seen.clear()
         return forced
 
 
@@ -378,6 +445,26 @@ def rt_client(rt_cluster: Cluster) -> Iterator[Cluster]:
         yield rt_cluster
     finally:
         _forget_address()
+
+
+@pytest.fixture
+def make_daemons(tmp_path: Path) -> Iterator[Callable[[Path, dict[str, str]], Daemons]]:
+    """`make_daemons(cwd, env)`: daemons run from `cwd` with `env` for one
+    test (logs under its tmp dir), all stopped after it."""
+    made: list[Daemons] = []
+
+    def make(cwd: Path, env: dict[str, str]) -> Daemons:
+        logdir = tmp_path / f"logs-{len(made)}"
+        logdir.mkdir()
+        made.append(Daemons(cwd, env, logdir))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        _forget_address()
+        for daemons in made:
+            daemons.stop_all()
 
 
 @pytest.fixture

@@ -6,16 +6,15 @@ one worker each) from a tmp dir, runs jobs of a tiny app package written here
 SIGKILL / SIGSTOP of a node, a control restart on the same port, a killed
 worker, garbage at every port, a dying client, resource limits, cancellation.
 
-Every process started here is ended by pid in a finalizer (SIGCONT, SIGTERM, a
-bounded wait, SIGKILL; workers found through /proc are killed too), every wait
-is bounded, and only 127.0.0.1 is used.
+Every process is started and ended through conftest's `make_daemons` factory
+(by pid: SIGCONT, SIGTERM, a bounded wait, SIGKILL; workers found through /proc
+are ended too), every wait is bounded, and only 127.0.0.1 is used.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import selectors
 import signal
 import socket
 import subprocess
@@ -27,7 +26,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -136,41 +135,7 @@ def ref(name: str, **options: Any) -> _stubs.JobRef[Any]:
     return _stubs.JobRef(f"{APP}.jobs:{name}", options)
 
 
-# ---- processes ------------------------------------------------------------------
-
-
-def _stat(pid: int) -> tuple[str, int] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1])
-
-
-def alive(pid: int) -> bool:
-    st = _stat(pid)
-    return st is not None and st[0] != "Z"
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            st = _stat(int(entry))
-            if st is not None and st[1] == pid and st[0] != "Z":
-                out.append(int(entry))
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children(todo.pop()):
-            out.append(child)
-            todo.append(child)
-    return out
+# ---- helpers ----------------------------------------------------------------------
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -220,52 +185,6 @@ def lines(path: Path) -> list[list[str]]:
         return []
 
 
-@dataclass
-class Proc:
-    kind: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-    endpoint: str = ""
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def workers(self) -> list[int]:
-        return children(self.pid)
-
-
-def _read_ready(proc: Proc) -> str:
-    assert proc.popen.stdout is not None
-    deadline = time.monotonic() + READY_S
-    buf = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.popen.stdout, selectors.EVENT_READ)
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(f"{proc.kind} not ready; log:\n{proc.log_text()}")
-            if not sel.select(left):
-                continue
-            chunk = os.read(proc.popen.stdout.fileno(), 4096)
-            if not chunk:
-                proc.popen.wait(STOP_S)
-                raise RuntimeError(
-                    f"{proc.kind} exited with {proc.popen.returncode}; "
-                    f"log:\n{proc.log_text()}"
-                )
-            buf += chunk
-    tag, _, endpoint = buf.split(b"\n", 1)[0].decode().partition(" ")
-    assert tag == "LUCIDITY-READY", buf
-    return endpoint.strip()
-
-
 def _clean_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     for name in ("LUCIDITY_CONTROL", "LUCIDITY_NODE", "LUCIDITY_NODE_ID", "PYTHONPATH"):
@@ -276,108 +195,40 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 @dataclass
 class Cluster:
-    """Daemons of one test, all under `tmp`; `stop_all` ends them by pid."""
+    """The chaos tests' settings over conftest's daemon factory (`daemons`
+    starts, signals and ends every process; `Daemon`s are conftest's): a
+    control that drops a node after 1.5 s of silence, nodes with one worker,
+    250 ms heartbeats and a cache of their own under `tmp`."""
 
     tmp: Path
-    app_root: Path
-    procs: list[Proc] = field(default_factory=list)
-    # Every pid we ever saw under one of our daemons (workers of a node that
-    # was SIGKILLed are no longer our descendants).
-    seen: set[int] = field(default_factory=set)
+    daemons: Any  # conftest.Daemons, run from the app's folder
 
-    def spawn(
-        self,
-        kind: str,
-        args: list[str],
-        cwd: Path | None = None,
-        env: dict[str, str] | None = None,
-        ready: bool = True,
-    ) -> Proc:
-        log = self.tmp / f"{kind}-{len(self.procs)}.log"
-        with open(log, "wb") as err:
-            popen = subprocess.Popen(
-                args,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                cwd=cwd or self.app_root,
-                env=env or _clean_env(PYTHONPATH=str(self.app_root)),
-            )
-        proc = Proc(kind, popen, log)
-        self.procs.append(proc)
-        if ready:
-            proc.endpoint = _read_ready(proc)
-        return proc
+    def control(self, bind: str = "tcp://127.0.0.1:*") -> Any:
+        return self.daemons.start("control", "--bind", bind, "--dead-after-ms", "1500")
 
-    def daemon(self, kind: str, *args: str, **kw: Any) -> Proc:
-        cmd = [sys.executable, "-m", "lucidity", "--log-level", "WARNING", kind]
-        return self.spawn(kind, cmd + list(args) + ["--parent-pipe"], **kw)
-
-    def control(self, bind: str = "tcp://127.0.0.1:*") -> Proc:
-        return self.daemon("control", "--bind", bind, "--dead-after-ms", "1500")
-
-    def node(self, control: str, **kw: Any) -> Proc:
-        cache = self.tmp / f"cache-{len(self.procs)}"
-        proc = self.daemon(
-            "node",
-            "--control",
+    def node(self, control: str, *args: str, **kw: Any) -> Any:
+        cache = self.tmp / f"cache-{len(self.daemons.started)}"
+        return self.daemons.node(
             control,
-            "--bind",
-            "tcp://127.0.0.1:*",
-            "--workers",
-            "1",
             "--heartbeat-ms",
             "250",
             "--cache",
             str(cache),
+            *args,
             **kw,
         )
-        self.snapshot()
-        return proc
 
-    def start(self, nodes: int = 2) -> tuple[Proc, list[Proc]]:
+    def start(self, nodes: int = 2) -> tuple[Any, list[Any]]:
         ctl = self.control()
         ns = [self.node(ctl.endpoint) for _ in range(nodes)]
         connect(ctl.endpoint, nodes)
         return ctl, ns
 
-    def snapshot(self) -> None:
-        for proc in self.procs:
-            self.seen.update(descendants(proc.pid))
+    def spawn(self, kind: str, argv: list[str]) -> Any:
+        return self.daemons.spawn(kind, argv)
 
-    def signal(self, proc: Proc, sig: int) -> None:
-        self.snapshot()
-        os.kill(proc.pid, sig)
-        if sig == signal.SIGKILL:
-            proc.popen.wait(STOP_S)
-
-    def stop_all(self) -> None:
-        self.snapshot()
-        for proc in reversed(self.procs):
-            if proc.popen.poll() is None:
-                for sig in (signal.SIGCONT, signal.SIGTERM):
-                    try:
-                        proc.popen.send_signal(sig)
-                    except ProcessLookupError:
-                        pass
-                try:
-                    proc.popen.wait(STOP_S)
-                except subprocess.TimeoutExpired:
-                    proc.popen.kill()
-                    proc.popen.wait(STOP_S)
-            for f in (proc.popen.stdin, proc.popen.stdout):
-                if f is not None and not f.closed:
-                    f.close()
-        deadline = time.monotonic() + STOP_S
-        left = [pid for pid in self.seen if alive(pid)]
-        while left and time.monotonic() < deadline:
-            time.sleep(0.05)
-            left = [pid for pid in left if alive(pid)]
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    def signal(self, proc: Any, sig: int) -> None:
+        self.daemons.signal(proc, sig)
 
 
 def connect(control: str, nodes: int) -> list[dict[str, Any]]:
@@ -421,15 +272,14 @@ def app_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture
-def cluster(app_root: Path, tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, app_root)
+def cluster(app_root: Path, tmp_path: Path, make_daemons: Any) -> Iterator[Cluster]:
+    # Daemons run from the app's folder with only it on their path; conftest's
+    # `make_daemons` ends them all after `forget_client` below.
+    daemons = make_daemons(app_root, _clean_env(PYTHONPATH=str(app_root)))
     try:
-        yield c
+        yield Cluster(tmp_path, daemons)
     finally:
-        try:
-            forget_client()
-        finally:
-            c.stop_all()
+        forget_client()
 
 
 # ---- 1. a node SIGKILLed mid-fanout ------------------------------------------------
@@ -444,7 +294,7 @@ def test_node_killed_mid_fanout_loses_no_item(cluster: Cluster, tmp_path: Path) 
     wait_until(lambda: len(list(progress.iterdir())) >= 4, 15, "first results")
     cluster.signal(nodes[1], signal.SIGKILL)
     assert fut.result(40) == [i * i for i in range(60)]
-    assert nodes[0].popen.poll() is None
+    assert nodes[0].proc.poll() is None
 
 
 # ---- 2. a node SIGSTOPped while running a job ------------------------------------
@@ -525,7 +375,7 @@ def test_control_restart_on_same_port(cluster: Cluster, tmp_path: Path) -> None:
         lambda: _stubs.fanout(ref("square"), [(i,) for i in range(20)]), 20
     )
     assert squares == [i * i for i in range(20)]
-    assert all(n.popen.poll() is None for n in nodes)
+    assert all(n.proc.poll() is None for n in nodes)
 
 
 # ---- 4. a worker killed mid-job; a job that kills its worker every time ----------
@@ -554,7 +404,7 @@ def test_worker_killed_mid_job_is_retried_and_replaced(
     with pytest.raises(WorkerLostError, match=r"killed by signal 9"):
         bounded(lambda: _stubs.run_remote(ref("kill_self"), ()), 30)
     assert time.monotonic() - t0 < 25
-    assert node.popen.poll() is None
+    assert node.proc.poll() is None
     assert bounded(lambda: _stubs.run_remote(ref("square"), (9,)), 15) == 81
 
 
@@ -637,7 +487,7 @@ def test_garbage_at_every_port(cluster: Cluster) -> None:
         _spray(proc.endpoint, msgs, rng)
     time.sleep(0.5)
     for proc in (ctl, *nodes):
-        assert proc.popen.poll() is None, f"{proc.kind} died:\n{proc.log_text()}"
+        assert proc.proc.poll() is None, f"{proc.kind} died:\n{proc.log_text()}"
     squares = bounded(
         lambda: _stubs.fanout(ref("square"), [(i,) for i in range(10)]), 20
     )
@@ -645,7 +495,7 @@ def test_garbage_at_every_port(cluster: Cluster) -> None:
     assert "dropped" in ctl.log_text()
     assert all("dropped" in n.log_text() for n in nodes)
     for proc in (ctl, *nodes):
-        assert proc.popen.poll() is None, f"{proc.kind} died:\n{proc.log_text()}"
+        assert proc.proc.poll() is None, f"{proc.kind} died:\n{proc.log_text()}"
 
 
 def test_pathological_json_header_does_not_kill_daemons(cluster: Cluster) -> None:
@@ -667,10 +517,10 @@ def test_pathological_json_header_does_not_kill_daemons(cluster: Cluster) -> Non
         ctx.term()
     # A daemon whose loop raised takes a moment to stop its workers and exit.
     deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline and None in (ctl.popen.poll(), node.popen.poll()):
+    while time.monotonic() < deadline and None in (ctl.proc.poll(), node.proc.poll()):
         time.sleep(0.05)
     dead = [
-        (d.kind, d.log_text()[-600:]) for d in (ctl, node) if d.popen.poll() is not None
+        (d.kind, d.log_text()[-600:]) for d in (ctl, node) if d.proc.poll() is not None
     ]
     assert not dead
 
@@ -689,7 +539,7 @@ def test_heartbeat_with_bogus_addr_does_not_break_clients(cluster: Cluster) -> N
         sock.close(0)
     finally:
         ctx.term()
-    assert ctl.popen.poll() is None
+    assert ctl.proc.poll() is None
     squares = bounded(lambda: _stubs.fanout(ref("square"), [(i,) for i in range(6)]), 8)
     assert squares == [i * i for i in range(6)]
 
@@ -716,14 +566,8 @@ def test_node_in_empty_folder_runs_shipped_code(
     empty = tmp_path / "empty"
     empty.mkdir()
     cache = tmp_path / "shipcache"
-    cluster.daemon(
-        "node",
-        "--control",
+    cluster.daemons.node(
         ctl.endpoint,
-        "--bind",
-        "tcp://127.0.0.1:*",
-        "--workers",
-        "1",
         "--heartbeat-ms",
         "250",
         "--cache",
@@ -745,7 +589,9 @@ def test_node_in_empty_folder_runs_shipped_code(
 # ---- 8. memory, fuel, timeout, cancel, shutdown grace -----------------------------
 
 
-def test_limits_cancel_and_shutdown_grace(cluster: Cluster, tmp_path: Path) -> None:
+def test_limits_cancel_and_shutdown_grace(
+    cluster: Cluster, tmp_path: Path, procs: Any
+) -> None:
     _, (node,) = cluster.start(1)
     square = ref("square")
 
@@ -769,7 +615,7 @@ def test_limits_cancel_and_shutdown_grace(cluster: Cluster, tmp_path: Path) -> N
     job = _stubs.submit_remote(ref("report_then_sleep"), (str(report), 10, 1))
     victim = int(wait_until(lambda: lines(report), 15, "the job to start")[0][0])
     assert job.cancel() is True
-    wait_until(lambda: not alive(victim), 5, "the cancelled job's worker to end")
+    wait_until(lambda: not procs.alive(victim), 5, "the cancelled job's worker to end")
     wait_until(lambda: node.workers(), 10, "a new worker")
     assert bounded(lambda: _stubs.run_remote(square, (5,)), 15) == 25
 
@@ -785,11 +631,11 @@ def test_limits_cancel_and_shutdown_grace(cluster: Cluster, tmp_path: Path) -> N
     t0 = time.monotonic()
     assert job.cancel() is True
     wait_until(marker.exists, 3, "the job's SIGTERM handler to write its marker")
-    assert alive(victim)  # still in its grace period
-    wait_until(lambda: not alive(victim), 6, "SIGKILL after the grace")
+    assert procs.alive(victim)  # still in its grace period
+    wait_until(lambda: not procs.alive(victim), 6, "SIGKILL after the grace")
     assert time.monotonic() - t0 > 1.5
     assert bounded(lambda: _stubs.run_remote(square, (6,)), 15) == 36
-    assert node.popen.poll() is None
+    assert node.proc.poll() is None
 
 
 # ---- 9. a client that dies -----------------------------------------------------------
@@ -810,7 +656,9 @@ CLIENT_SCRIPT = textwrap.dedent("""
     """)
 
 
-def test_dead_client_jobs_are_dropped(cluster: Cluster, tmp_path: Path) -> None:
+def test_dead_client_jobs_are_dropped(
+    cluster: Cluster, tmp_path: Path, procs: Any
+) -> None:
     ctl, (node,) = cluster.start(1)
     report = tmp_path / "report"
     script = tmp_path / "client.py"
@@ -825,6 +673,6 @@ def test_dead_client_jobs_are_dropped(cluster: Cluster, tmp_path: Path) -> None:
     t0 = time.monotonic()
     assert bounded(lambda: _stubs.run_remote(ref("square"), (11,)), 25) == 121
     elapsed = time.monotonic() - t0
-    assert not alive(victim)
+    assert not procs.alive(victim)
     assert elapsed < 18, elapsed
-    assert node.popen.poll() is None
+    assert node.proc.poll() is None

@@ -124,8 +124,9 @@ def test_node_joining_later_picks_up_a_parked_job(
     control = rt_daemons.control()
     lucidity.connect(control.endpoint)
     # 10 x 1000 ms to find a node: the node below starts well within that.
+    # (An async submit waits by async_init_retry_interval_ms, not init_...)
     square: _stubs.JobRef[int] = _stubs.JobRef(
-        "lucidity_rtapp.work:square", {"init_retry_interval_ms": 1000}
+        "lucidity_rtapp.work:square", {"async_init_retry_interval_ms": 1000}
     )
     job = _stubs.submit_remote(square, (7,))
     assert job.try_get() is None
