@@ -440,6 +440,7 @@ class HandshakeWatch:
         self.monitor: zmq.Socket[Any] = sock.get_monitor_socket(HANDSHAKE_EVENTS)
         self.monitor.linger = 0
         self.failures = 0
+        self.succeeded = False
         self.error: AuthenticationError | None = None
 
     def on_event(self) -> None:
@@ -457,13 +458,19 @@ class HandshakeWatch:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 was_refused = self.error is not None
                 self.failures, self.error = 0, None
+                self.succeeded = True
                 if was_refused and self.on_accepted is not None:
                     self.on_accepted()
                 continue
             self.failures += 1
             auth = event == zmq.EVENT_HANDSHAKE_FAILED_AUTH
             final = auth or event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            if self.error is None and (final or self.failures >= _UNEXPLAINED_FAILURES):
+            # Handshakes cut without detail are how a keyless client meets a
+            # keyed cluster, but also how a proxy or tunnel in front of a
+            # restarting node behaves: they only mean "keys" at an address
+            # that never accepted us. Elsewhere the job's liveness checks act.
+            unexplained = not self.succeeded and self.failures >= _UNEXPLAINED_FAILURES
+            if self.error is None and (final or unexplained):
                 self.error = handshake_error(self.address, self.keys, auth)
                 log.warning("%s", self.error)
                 self.on_refused(self.error)

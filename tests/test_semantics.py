@@ -658,13 +658,6 @@ def test_million_item_fanout_input_is_never_materialised(
     assert 500 < pulled[0] <= 500 + (window + 1) * CHUNK_MAX_ITEMS < 1_000_000, pulled
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=lucidity.AuthenticationError,
-    reason="security.HandshakeWatch reads two handshakes cut with no detail as "
-    "'the cluster requires keys', even on a cluster without keys, and fails "
-    "the jobs out on that node (runtime/security.py, not changed here)",
-)
 def test_a_link_closed_during_the_handshake_is_not_an_authentication_error(
     rt_daemons: Any, relay_to: Callable[[str], Relay], bounded: Any, tmp_path: Path
 ) -> None:
