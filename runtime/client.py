@@ -779,7 +779,10 @@ class Client:
     def _send_bundle(self, sock: zmq.Socket[Any], digest: str) -> None:
         bundle = self._by_digest.get(digest)
         if bundle is None:
+            # Say so, or the node's jobs would wait for it until they expire.
             log.warning("a node asked for bundle %s, which is not ours", digest[:12])
+            head = p.encode(p.MsgType.BUNDLE, {"bundle": digest, "missing": True})
+            sock.send(head, zmq.NOBLOCK)
             return
         head = p.encode(p.MsgType.BUNDLE, {"bundle": digest})
         sock.send_multipart([head, bundle.data], copy=False)

@@ -63,6 +63,8 @@ def default_cache_dir() -> str:
 # many per slot: parents blocked on children are cheap, so a few more may
 # wait at once (more children in flight), within a bound.
 LEND_PER_SLOT = 3
+# A bundle asked of a client must come within this; else its jobs fail.
+FETCH_TIMEOUT_S = 30.0
 # Deeper nesting than this is refused (a runaway recursion, not a workload).
 MAX_DEPTH = 1000
 
@@ -562,38 +564,59 @@ class NodeDaemon:
         if bundle is not None and not self._have_bundle(bundle):
             waiting = self.awaiting.setdefault(bundle, [])
             if not waiting:
-                head = p.encode(p.MsgType.FETCH, {"bundle": bundle})
-                try:
-                    self.front.send_multipart([ident, head], zmq.NOBLOCK)
-                except zmq.ZMQError as exc:
-                    log.warning("cannot ask a client for bundle %s: %s", bundle, exc)
+                self._fetch(bundle, ident)
             waiting.append(task)
             return
         self.queue.append(task)
+
+    def _fetch(self, digest: str, ident: bytes) -> None:
+        """Ask the client `ident` for a bundle; its jobs fail if no bundle
+        comes within FETCH_TIMEOUT_S (that client died, or cannot send it)."""
+        head = p.encode(p.MsgType.FETCH, {"bundle": digest})
+        try:
+            self.front.send_multipart([ident, head], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.warning("cannot ask a client for bundle %s: %s", digest[:12], exc)
+
+        def expired() -> None:
+            if self.awaiting.get(digest) is waiting:
+                self._fail_awaiting(
+                    digest, f"did not arrive within {FETCH_TIMEOUT_S:.0f} s"
+                )
+
+        waiting = self.awaiting[digest]
+        self.loop.call_later(FETCH_TIMEOUT_S, expired)
+
+    def _fail_awaiting(self, digest: str, why: str) -> None:
+        """Fail every job waiting for bundle `digest`."""
+        log.warning("bundle %s %s", digest[:12], why)
+        for task in self.awaiting.pop(digest, []):
+            self.tasks.pop((task.client, task.job_id), None)
+            self._reply(
+                task,
+                False,
+                p.dumps_error(
+                    ClusterError(
+                        f"the code bundle {digest[:12]} of {task.header.get('target')} "
+                        f"{why} (node {self.node_id})"
+                    )
+                ),
+            )
 
     def _on_bundle(
         self, ident: bytes, header: dict[str, Any], payload: list[zmq.Frame]
     ) -> None:
         digest = str(header["bundle"])
-        waiting = self.awaiting.pop(digest, None)
-        if waiting is None:
+        if digest not in self.awaiting:
             return  # not asked for (or already here): ignore
+        if header.get("missing"):
+            self._fail_awaiting(digest, "is not known to the client asked for it")
+            return
         data = payload[0].bytes if payload else b""
         if hashlib.sha256(data).hexdigest() != digest:
-            log.warning("bundle %s from a client failed its hash check", digest[:12])
-            for task in waiting:
-                self.tasks.pop((task.client, task.job_id), None)
-                self._reply(
-                    task,
-                    False,
-                    p.dumps_error(
-                        ClusterError(
-                            f"the code bundle sent for {task.header.get('target')} "
-                            f"does not match its hash {digest[:12]} (node {self.node_id})"
-                        )
-                    ),
-                )
+            self._fail_awaiting(digest, "sent by the client does not match its hash")
             return
+        waiting = self.awaiting.pop(digest)
         path = self._bundle_path(digest)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(data)

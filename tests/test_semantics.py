@@ -504,7 +504,7 @@ def test_node_refuses_bundle_bytes_that_do_not_match_their_hash(
     assert named.digest[:12] in message and info["id"] in message
     assert f"{SEMAPP}.jobs:which" in message
     assert not (cache / f"{named.digest}.zip").exists()  # not cached either
-    assert "failed its hash check" in node.log_text()
+    assert "does not match its hash" in node.log_text()
 
     # Honest bytes again: the node fetches them and runs the code named.
     client._by_digest[named.digest] = named
@@ -512,6 +512,28 @@ def test_node_refuses_bundle_bytes_that_do_not_match_their_hash(
         "the code the client named"
     )
     assert (cache / f"{named.digest}.zip").read_bytes() == named.data
+
+
+def test_a_bundle_its_client_cannot_send_fails_the_job_at_once(
+    rt_daemons: Any, semapp: Bundle, tmp_path: Path, bounded: Any
+) -> None:
+    control = rt_daemons.control()
+    bare_node(rt_daemons, control.endpoint, tmp_path, tmp_path / "cache")
+    lucidity.connect(control.endpoint)
+    client = get_client()
+    client.wait_for_nodes(1, timeout=WAIT_S)
+    which = ref(f"{SEMAPP}.jobs:which")
+    # The client names a bundle it does not hold (none can send it): the node
+    # hears so when it asks, and fails the job instead of waiting for it.
+    unknown = "0" * 64
+    client._bundles[semapp.package] = Bundle(semapp.package, unknown, b"")
+    started = time.monotonic()
+    with pytest.raises(lucidity.ClusterError, match="not known to the client") as error:
+        bounded(lambda: _stubs.run_remote(which, ()), WAIT_S)
+    assert time.monotonic() - started < 5.0
+    assert unknown[:12] in str(error.value) and f"{SEMAPP}.jobs:which" in str(
+        error.value
+    )
 
 
 @pytest.mark.parametrize("damage", ["other code", "truncated"])
