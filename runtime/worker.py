@@ -160,12 +160,12 @@ def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], b
     limits = _Limits(target, memory, fuel)
     try:
         func = resolve(target)
-        args = p.loads_payload(payload)
+        args, reply = p.loads_request(payload)
         with limits:
             result = func(*args)
         if limits.hit is not None:  # the job swallowed the limit's exception
             raise limits.hit
-        return True, p.dumps_payload(result), False
+        return True, p.dumps_payload(result, reply), False
     except BaseException as exc:  # noqa: B036 - even SystemExit is the job's result
         hit = limits.translate(exc)
         if hit is not None:
