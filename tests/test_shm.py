@@ -249,6 +249,20 @@ def test_results_map_private_and_writable_and_are_unlinked(root: Path) -> None:
     assert bytes(view[:2]) == b"wr"
 
 
+def test_a_dropped_result_releases_its_file(root: Path) -> None:
+    node = _dir("n")
+    out = _shm.Outbound(lambda: node, "r")
+    frames = p.dumps_payload(PickleBuffer(bytearray(2 * MIB)), out)
+    before = len(os.listdir("/proc/self/fd"))
+    value = p.loads_payload(frames, _shm.Inbound({os.path.basename(node)}, True, True))
+    assert len(os.listdir("/proc/self/fd")) > before  # held until the result goes
+    del value
+    deadline = time.monotonic() + 5  # closed by the reaper thread
+    while len(os.listdir("/proc/self/fd")) > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_an_echoed_argument_points_back_at_its_file(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
