@@ -26,6 +26,7 @@ from typing import Any
 
 import zmq
 
+from lucidity import _shm
 from lucidity import protocol as p
 from lucidity._loop import EventLoop
 from lucidity._options import JobOptions
@@ -221,6 +222,11 @@ class Client:
         self._bundles: dict[str, Bundle | None] = {}
         self._by_digest: dict[str, Bundle] = {}
         self._bundle_lock = threading.Lock()
+        # Same-host shared memory: this client's argument files, and the node
+        # directories seen (path -> usable by this process).
+        self._shm_own = _shm.OwnFiles(str(os.getpid()), _shm.node_dir_from_env())
+        self._shm_dirs: dict[str, bool] = {}
+        self._shm_names: frozenset[str] = frozenset()
         self._ids = itertools.count(1)
         self._rr = itertools.count()
         self._closed = False
@@ -305,8 +311,56 @@ class Client:
             header["memory"] = options.memory
         if options.fuel is not None:
             header["fuel"] = options.fuel
-        frames = [p.encode(p.MsgType.SUBMIT, header), *p.dumps_payload(args)]
+        frames = [p.encode(p.MsgType.SUBMIT, header), *self._dumps_args(job, args)]
         return job, frames
+
+    # ---- same-host shared memory (lucidity._shm) ---------------------------
+
+    def _dumps_args(self, job: Job[Any], args: Any) -> list[Any]:
+        """The payload of `job`'s arguments.
+
+        When every node shares this host, large buffers go through shared
+        memory and the worker is asked to answer the same way. Nodes are
+        chosen later (and a retry may pick another), so it is all or none.
+        The files are this client's until the job is over, however it ends:
+        a retry re-sends the same descriptors.
+        """
+        nodes = self._nodes
+        if not nodes or any(self._shm_node_dir(n) is None for n in nodes):
+            return p.dumps_payload(args)
+        out = _shm.Outbound(self._shm_own.directory, "a", reply=True)
+        frames = p.dumps_payload(args, out)
+        if out.written:
+            files = out.written
+            self._shm_own.adopt(files)
+            job.add_done_callback(lambda _: self._shm_own.release(files))
+        return frames
+
+    def _shm_node_dir(self, node: dict[str, Any]) -> str | None:
+        """`node`'s shared-memory directory, if it is on this host (same boot
+        id) and this process can use the directory; else None."""
+        path, host = node.get("shm"), node.get("host")
+        if path is None and node.get("addr") == os.environ.get("LUCIDITY_NODE"):
+            # A worker of a standalone node knows its node from its environment.
+            path, host = _shm.node_dir_from_env(), _shm.boot_id()
+        if not isinstance(path, str) or host is None or host != _shm.boot_id():
+            return None
+        usable = self._shm_dirs.get(path)
+        if usable is None:
+            usable = self._shm_dirs[path] = _shm.usable_dir(path)
+            if usable:
+                self._shm_names = self._shm_names | {os.path.basename(path)}
+        return path if usable else None
+
+    def _shm_inbound(self) -> _shm.Inbound:
+        """How a result's descriptors are taken: from a node's directory (the
+        file is unlinked once mapped) or, for an echoed argument, our own;
+        mapped private and writable."""
+        names = self._shm_names
+        own = self._shm_own.name()
+        if own is not None:
+            names = names | {own}
+        return _shm.Inbound(names, writable=True, unlink=True, keep=self._shm_own.live)
 
     def submit(
         self,
@@ -530,6 +584,8 @@ class Client:
                 self._wake_w.send(b"", zmq.NOBLOCK)
             self._thread.join(timeout=5)
         self._closed = True
+        if os.getpid() == self._pid:
+            self._shm_own.close()
         if self._private_node is not None:
             self._private_node.stop()
 
@@ -741,17 +797,24 @@ class Client:
                 log.warning("dropped a bad frame from node %s: %s", addr, exc)
                 continue
             pending = self._inflight.get(job_id)
+            payload = [f.buffer for f in frames[1:]]
             if pending is None or pending.job.done():
                 self._inflight.pop(job_id, None)
+                p.discard_payload(payload, self._shm_inbound())
                 continue
             node = str(msg.header.get("node", addr))
-            payload = [f.buffer for f in frames[1:]]
             job = pending.job
             if msg.header.get("ok"):
                 self._inflight.pop(job_id, None)
                 self._finish(pending)
                 try:
-                    value = p.loads_payload(payload)
+                    value = p.loads_payload(payload, self._shm_inbound())
+                except _shm.ShmError as exc:
+                    # The result's file is gone (its node stopped meanwhile)
+                    # or is not what it claims: as good as a lost worker.
+                    cause = f"its result from {node} cannot be read: {exc}"
+                    self._retry_system(pending, cause)
+                    continue
                 except Exception as exc:
                     job.set_exception(
                         ClusterError(f"cannot unpickle the result from {node}: {exc!r}")

@@ -104,6 +104,11 @@ class ControlDaemon:
             "queued": int(header.get("queued", 0)),
             "pid": int(header.get("pid", 0)),
         }
+        # Same-host shared memory (see lucidity._shm): the node's boot id and
+        # directory, passed on to clients, which check both before use.
+        host, shm = header.get("host"), header.get("shm")
+        if isinstance(host, str) and isinstance(shm, str) and len(host + shm) < 512:
+            info["host"], info["shm"] = host, shm
         if header.get("leaving"):
             if self.members.leave(node_id):
                 log.info("node %s left", node_id)

@@ -28,6 +28,7 @@ from typing import Any
 
 import zmq
 
+from lucidity import _shm
 from lucidity import protocol as p
 from lucidity._daemon import announce, bind, install_stop, watch_parent
 from lucidity._loop import EventLoop
@@ -193,6 +194,12 @@ class NodeDaemon:
         self.verified: set[str] = set()
         self._dir = tempfile.mkdtemp(prefix="lucidity-node-")
         os.chmod(self._dir, 0o700)
+        # Where this node's workers put large results for same-host clients;
+        # heartbeats tell clients, which use it if on this host (boot id).
+        self.shm_dir = _shm.make_dir("n", self.node_id)
+        self.shm_info = (
+            {"host": _shm.boot_id(), "shm": self.shm_dir} if self.shm_dir else {}
+        )
         self.back = self.ctx.socket(zmq.ROUTER)
         self.back.linger = 0
         self.back_endpoint = bind(self.back, f"ipc://{self._dir}/workers", "node")
@@ -259,6 +266,7 @@ class NodeDaemon:
         self.guard.stop()
         self.ctx.term()
         shutil.rmtree(self._dir, ignore_errors=True)
+        _shm.remove_dir(self.shm_dir)
 
     # ---- control ---------------------------------------------------------
 
@@ -280,6 +288,7 @@ class NodeDaemon:
                 "queued": len(self.queue),
                 "pid": os.getpid(),
                 "leaving": leaving,
+                **self.shm_info,
             },
         )
 
@@ -307,6 +316,10 @@ class NodeDaemon:
         else:
             env.pop(KEYS_ENV, None)
         env[MAX_MESSAGE_ENV] = str(self.guard.max_message_mb)
+        if self.shm_dir is not None:
+            env[_shm.NODE_DIR_ENV] = self.shm_dir
+        else:
+            env.pop(_shm.NODE_DIR_ENV, None)
         proc = subprocess.Popen(
             [sys.executable, "-m", "lucidity.worker", self.back_endpoint],
             stdin=subprocess.PIPE,

@@ -4,8 +4,11 @@ Every message is a ZeroMQ multipart message whose first frame is a header:
 two magic bytes, the protocol version, the message type, then a small JSON
 object (a fixed, non-executable encoding). Frames after the header are the
 payload: a pickle (protocol 5) followed by its out-of-band buffers, one frame
-each. Daemons route payload frames as opaque bytes and never unpickle them;
-only clients and workers, which run user code anyway, do.
+each. Between processes of one host, large buffers go through shared memory
+instead (`lucidity._shm`): the payload then starts with a manifest frame and
+those buffers' frames are descriptors. Daemons route payload frames as opaque
+bytes and never unpickle them; only clients and workers, which run user code
+anyway, do.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lucidity import _shm
+
 __all__ = [
     "MAGIC",
     "MAX_HEADER_BYTES",
@@ -27,10 +32,12 @@ __all__ = [
     "Message",
     "MsgType",
     "decode",
+    "discard_payload",
     "dumps_error",
     "dumps_payload",
     "encode",
     "loads_payload",
+    "loads_request",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,17 +111,140 @@ def decode(frame: bytes | memoryview) -> Message:
     return Message(msg_type, header)
 
 
-def dumps_payload(obj: object) -> list[Any]:
-    """Pickle `obj` (protocol 5): the pickle frame, then each out-of-band buffer."""
+def dumps_payload(obj: object, shm: _shm.Outbound | None = None) -> list[Any]:
+    """Pickle `obj` (protocol 5): the pickle frame, then each out-of-band buffer.
+
+    With `shm` (the receiver shares this host), a buffer of at least
+    `_shm.THRESHOLD` bytes goes through shared memory and its frame is a
+    descriptor; the payload then starts with a manifest frame saying which.
+    """
     buffers: list[pickle.PickleBuffer] = []
     data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
-    return [data, *(b.raw() for b in buffers)]
+    if shm is None:
+        return [data, *(b.raw() for b in buffers)]
+    frames: list[Any] = [data]
+    placed = []
+    for index, buf in enumerate(buffers):
+        raw = buf.raw()
+        desc = shm.place(raw)
+        if desc is None:
+            frames.append(raw)
+        else:
+            frames.append(desc)
+            placed.append(index)
+    if not placed and not shm.reply:
+        return frames
+    return [_manifest(shm.reply, placed), *frames]
 
 
-def loads_payload(frames: Sequence[Any]) -> Any:
+def loads_payload(frames: Sequence[Any], shm: _shm.Inbound | None = None) -> Any:
+    """Unpickle a payload; descriptors are mapped as `shm` says (by default
+    read-only, from any private lucidity directory: a job's arguments)."""
+    return _loads(frames, shm)[0]
+
+
+def loads_request(frames: Sequence[Any]) -> tuple[Any, _shm.Outbound | None]:
+    """A worker's side of a job: its arguments, and how to send its result
+    (None: as frames; else through the node's shared-memory directory, an
+    echoed argument pointing back at the caller's file)."""
+    inbound = _shm.Inbound()
+    args, manifest = _loads(frames, inbound)
+    if manifest is None or not manifest.get("reply"):
+        return args, None
+    directory = _shm.node_dir_from_env()
+    if directory is None or manifest.get("host") != _shm.boot_id():
+        return args, None
+    return args, _shm.Outbound(lambda: directory, "r", echo=inbound)
+
+
+def discard_payload(frames: Sequence[Any], shm: _shm.Inbound) -> None:
+    """Drop a payload unread: unlink the shared-memory files it hands over."""
+    try:
+        manifest = _manifest_of(frames)
+    except FrameError:
+        return
+    if manifest is not None:
+        for index in manifest["shm"]:
+            shm.discard(frames[2 + index])
+
+
+# A payload that uses shared memory starts with this frame (a pickle starts
+# with PROTO, 0x80): {"host": boot id, "reply": 0/1, "shm": [buffer index, ...]}.
+MANIFEST = b"LS\x01"
+
+
+def _manifest(reply: bool, placed: list[int]) -> bytes:
+    if not placed:
+        # A job's usual manifest: no buffer in shm, "answer through shm".
+        frame = _bare_manifests.get(reply)
+        if frame is not None:
+            return frame
+    body = {"host": _shm.boot_id(), "reply": int(reply), "shm": placed}
+    frame = MANIFEST + json.dumps(body, separators=(",", ":")).encode()
+    if not placed:
+        _bare_manifests[reply] = frame
+    return frame
+
+
+_bare_manifests: dict[bool, bytes] = {}
+
+
+def _manifest_of(frames: Sequence[Any]) -> dict[str, Any] | None:
+    """The payload's manifest (checked against its frames), None if it has none."""
     if not frames:
         raise FrameError("payload is empty")
-    return pickle.loads(frames[0], buffers=frames[1:])
+    head = frames[0]
+    if bytes(head[:3]) != MANIFEST:
+        return None  # a plain pickle
+    if len(head) > MAX_HEADER_BYTES:
+        raise FrameError("payload manifest too large")
+    raw = bytes(head)
+    bare = _bare_parsed.get(raw)
+    if bare is not None and len(frames) >= 2:
+        return bare  # most jobs: no descriptor, the same few bytes every time
+    try:
+        manifest = json.loads(raw[3:])
+    except (ValueError, RecursionError):
+        raise FrameError("payload manifest is not JSON") from None
+    if not isinstance(manifest, dict):
+        raise FrameError("payload manifest is not a JSON object")
+    placed = manifest.get("shm")
+    count = len(frames) - 2
+    if (
+        count < 0
+        or not isinstance(placed, list)
+        or not all(type(i) is int and 0 <= i < count for i in placed)
+        or len(set(placed)) != len(placed)
+    ):
+        raise FrameError("payload manifest does not match its frames")
+    if not placed and len(_bare_parsed) < 4:
+        _bare_parsed[raw] = manifest
+    return manifest
+
+
+_bare_parsed: dict[bytes, dict[str, Any]] = {}
+
+
+def _loads(
+    frames: Sequence[Any], shm: _shm.Inbound | None
+) -> tuple[Any, dict[str, Any] | None]:
+    manifest = _manifest_of(frames)
+    if manifest is None:
+        return pickle.loads(frames[0], buffers=frames[1:]), None
+    buffers: list[Any] = list(frames[2:])
+    placed: list[int] = manifest["shm"]
+    if placed:
+        inbound = shm if shm is not None else _shm.Inbound()
+        if manifest.get("host") != _shm.boot_id():
+            raise _shm.ShmError("shm descriptors from another host")
+        for n, index in enumerate(placed):
+            try:
+                buffers[index] = inbound.map(buffers[index])
+            except BaseException:
+                for rest in placed[n + 1 :]:
+                    inbound.discard(buffers[rest])
+                raise
+    return pickle.loads(frames[1], buffers=buffers), manifest
 
 
 def dumps_error(exc: BaseException) -> list[Any]:

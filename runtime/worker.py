@@ -23,6 +23,7 @@ from typing import Any
 
 import zmq
 
+from lucidity import _shm
 from lucidity import protocol as p
 from lucidity.errors import FuelExhaustedError, MemoryLimitError
 from lucidity.handle import set_blocking_hooks, set_job_depth
@@ -183,22 +184,26 @@ def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], b
     set_job_depth(int(header.get("depth", 0)))
     try:
         func = resolve(target)
-        args = p.loads_payload(payload)
+        args, reply = p.loads_request(payload)
         batch = header.get("batch")
         if batch is not None:
-            return _run_batch(func, args, batch == "single", limits)
+            return _run_batch(func, args, batch == "single", limits, reply)
         with limits:
             result = func(*args)
         if limits.hit is not None:  # the job swallowed the limit's exception
             raise limits.hit
-        return True, p.dumps_payload(result), False
+        return True, p.dumps_payload(result, reply), False
     except BaseException as exc:  # noqa: B036 - even SystemExit is the job's result
         frames, retire = _failure(exc, limits)
         return False, frames, retire
 
 
 def _run_batch(
-    func: Callable[..., Any], items: list[Any], single: bool, limits: _Limits
+    func: Callable[..., Any],
+    items: list[Any],
+    single: bool,
+    limits: _Limits,
+    reply: _shm.Outbound | None,
 ) -> tuple[bool, list[Any], bool]:
     """Run a fanout chunk, item after item, stopping at the first failure.
 
@@ -223,7 +228,7 @@ def _run_batch(
                 break
     elapsed = time.perf_counter() - started
     node = os.environ.get("LUCIDITY_NODE_ID", "?")
-    return True, p.dumps_payload((values, fail, elapsed, node)), retire
+    return True, p.dumps_payload((values, fail, elapsed, node), reply), retire
 
 
 def main(argv: list[str] | None = None) -> None:
