@@ -226,7 +226,7 @@ def test_arguments_arrive_read_only(root: Path) -> None:
 
 
 def test_numpy_arguments_arrive_read_only(root: Path) -> None:
-    np = pytest.importorskip("numpy")
+    import numpy as np
     arr = np.arange(MIB, dtype=np.float64)
     frames, _ = _send(arr, _dir())
     (got,), _ = p.loads_request(frames)
@@ -425,7 +425,7 @@ def test_the_cluster_offers_shm_on_this_host(rt_client: Any) -> None:
 
 
 def test_a_large_numpy_array_round_trips_intact(rt_client: Any) -> None:
-    np = pytest.importorskip("numpy")
+    import numpy as np
     from lucidity_rtapp.buffers_jobs import echo_remote, inspect_remote
 
     arr = np.random.default_rng(5).standard_normal(2 * MIB)  # 16 MiB
