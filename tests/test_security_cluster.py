@@ -351,6 +351,8 @@ def test_keygen_cli(tmp_path: Path) -> None:
 
 
 def _connect_as_nobody(path: str) -> str:
+    # A fork, not a new interpreter: `nobody` may not read the one we run.
+    # The child only drops its uid, connects and exits (no locks taken).
     """Try to connect to the unix socket `path` as user `nobody` (a forked
     child that drops to uid 65534); how it went."""
     pid = os.fork()
@@ -370,6 +372,9 @@ def _connect_as_nobody(path: str) -> str:
     return {0: "refused", 1: "connected"}.get(os.waitstatus_to_exitcode(status), "?")
 
 
+@pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)
 def test_embedded_cluster_is_private(app_dir: Path, monkeypatch: Any) -> None:
     """The embedded daemons listen only on ipc sockets in a 0700 folder: no
     other local user can connect (checked as `nobody` when we are root)."""

@@ -227,6 +227,7 @@ def test_arguments_arrive_read_only(root: Path) -> None:
 
 def test_numpy_arguments_arrive_read_only(root: Path) -> None:
     import numpy as np
+
     arr = np.arange(MIB, dtype=np.float64)
     frames, _ = _send(arr, _dir())
     (got,), _ = p.loads_request(frames)
