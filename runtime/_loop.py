@@ -12,12 +12,12 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
 
-__all__ = ["EventLoop"]
+__all__ = ["EventLoop", "messages"]
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +90,16 @@ class EventLoop:
                     self._call(handler)
                 if not self.running:
                     break
+
+
+def messages(sock: zmq.Socket[Any], copy: bool = True) -> Iterator[list[Any]]:
+    """Every message waiting on `sock` now, without blocking.
+
+    Asks the socket (ZMQ_EVENTS) instead of receiving until zmq.Again: an
+    exception per wake-up costs more than the message it ends.
+    """
+    while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator]
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            return

@@ -7,11 +7,14 @@ here (and below, in the client), never in generated code.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lucidity._options import JobOptions, validate_options
 from lucidity.handle import Job
+
+if TYPE_CHECKING:
+    from lucidity.client import Client
 
 __all__ = [
     "JobRef",
@@ -24,6 +27,19 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+_get_client: Callable[[], Client] | None = None
+
+
+def _client() -> Client:
+    # Imported on first use, not with the stubs: a generated module stays
+    # cheap to import; and once, not on every call (a hot path).
+    global _get_client
+    if _get_client is None:
+        from lucidity.client import get_client
+
+        _get_client = get_client
+    return _get_client()
 
 
 class JobRef(Generic[T]):
@@ -49,23 +65,17 @@ class JobRef(Generic[T]):
 
 def submit_local(ref: JobRef[T], args: tuple[Any, ...]) -> Job[T]:
     """Start `ref(*args)` on this process's own node; return its handle."""
-    from lucidity.client import get_client
-
-    return get_client().submit(ref.target, ref.options, args, local=True)
+    return _client().submit(ref.target, ref.options, args, local=True)
 
 
 def submit_remote(ref: JobRef[T], args: tuple[Any, ...]) -> Job[T]:
     """Start `ref(*args)` on a random live node; return its handle."""
-    from lucidity.client import get_client
-
-    return get_client().submit(ref.target, ref.options, args, local=False)
+    return _client().submit(ref.target, ref.options, args, local=False)
 
 
 def run_local(ref: JobRef[T], args: tuple[Any, ...]) -> T:
     """Run `ref(*args)` on this process's own node and wait for it."""
-    from lucidity.client import get_client
-
-    job: Job[T] = get_client().submit(
+    job: Job[T] = _client().submit(
         ref.target, ref.options, args, local=True, blocking=True
     )
     return job.await_get()
@@ -73,22 +83,16 @@ def run_local(ref: JobRef[T], args: tuple[Any, ...]) -> T:
 
 def run_remote(ref: JobRef[T], args: tuple[Any, ...]) -> T:
     """Run `ref(*args)` on a random live node and wait for it."""
-    from lucidity.client import get_client
-
-    job: Job[T] = get_client().submit(ref.target, ref.options, args, blocking=True)
+    job: Job[T] = _client().submit(ref.target, ref.options, args, blocking=True)
     return job.await_get()
 
 
 def fanout(ref: JobRef[T], items: Iterable[tuple[Any, ...]]) -> list[T]:
     """Run `ref(*item)` for every item over the nodes; results in input order."""
-    from lucidity.client import get_client
-
-    return get_client().fanout(ref.target, ref.options, items)
+    return _client().fanout(ref.target, ref.options, items)
 
 
 def fanout_each(ref: JobRef[T], items: Iterable[Any]) -> list[T]:
     """Run `ref(item)` for every item (a one-parameter job) over the nodes;
     results in input order. Items travel as they are, not wrapped in tuples."""
-    from lucidity.client import get_client
-
-    return get_client().fanout(ref.target, ref.options, items, single=True)
+    return _client().fanout(ref.target, ref.options, items, single=True)

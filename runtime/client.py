@@ -28,7 +28,7 @@ import zmq
 
 from lucidity import _shm
 from lucidity import protocol as p
-from lucidity._loop import EventLoop
+from lucidity._loop import EventLoop, messages
 from lucidity._options import JobOptions
 from lucidity.bundle import Bundle, build_bundle
 from lucidity.errors import (
@@ -617,11 +617,8 @@ class Client:
         self._parked.clear()
 
     def _on_wake(self) -> None:
-        while True:
-            try:
-                self._wake_r.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for _ in messages(self._wake_r):
+            pass
         while self._cmds:
             cmd = self._cmds.popleft()
             kind = cmd[0]
@@ -777,11 +774,7 @@ class Client:
             self._sock(pending.addr).send(head)
 
     def _on_result(self, sock: zmq.Socket[Any], addr: str) -> None:
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for frames in messages(sock, copy=False):
             self._last_heard[addr] = time.monotonic()
             try:
                 msg = p.decode(frames[0].buffer)
@@ -906,11 +899,7 @@ class Client:
 
     def _on_control(self) -> None:
         assert self._ctl is not None
-        while True:
-            try:
-                frames = self._ctl.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in messages(self._ctl):
             try:
                 msg = p.decode(frames[0])
                 if msg.type != p.MsgType.NODES:

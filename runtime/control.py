@@ -16,7 +16,7 @@ import zmq
 from lucidity import protocol as p
 from lucidity._daemon import announce, bind, install_stop, watch_parent
 from lucidity._liveness import Membership
-from lucidity._loop import EventLoop
+from lucidity._loop import EventLoop, messages
 from lucidity.security import DEFAULT_MAX_MESSAGE_MB, Guard, Keys, check_bind
 
 __all__ = ["ControlDaemon", "DEFAULT_CONTROL_PORT"]
@@ -69,11 +69,7 @@ class ControlDaemon:
             self.ctx.term()
 
     def _on_message(self) -> None:
-        while True:
-            try:
-                raw = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for raw in messages(self.sock, copy=False):
             if len(raw) < 2:
                 log.warning("dropped a message of %d frames", len(raw))
                 continue

@@ -31,7 +31,7 @@ import zmq
 from lucidity import _shm
 from lucidity import protocol as p
 from lucidity._daemon import announce, bind, install_stop, watch_parent
-from lucidity._loop import EventLoop
+from lucidity._loop import EventLoop, messages
 from lucidity.errors import ClusterError, WorkerLostError
 from lucidity.security import (
     DEFAULT_MAX_MESSAGE_MB,
@@ -384,11 +384,7 @@ class NodeDaemon:
         self._pump()
 
     def _on_worker(self) -> None:
-        while True:
-            try:
-                frames = self.back.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for frames in messages(self.back, copy=False):
             wid = frames[0].bytes
             w = self.workers.get(wid)
             if w is None or len(frames) < 2:
@@ -530,11 +526,7 @@ class NodeDaemon:
     # ---- clients ---------------------------------------------------------
 
     def _on_client(self) -> None:
-        while True:
-            try:
-                frames = self.front.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
+        for frames in messages(self.front, copy=False):
             if len(frames) < 2:
                 log.warning("dropped a message of %d frames", len(frames))
                 continue

@@ -74,6 +74,10 @@ class MsgType(enum.IntEnum):
     STOP = 25
 
 
+# By byte: a dict lookup is several times cheaper than MsgType(byte).
+_TYPES = {int(t): t for t in MsgType}
+
+
 class FrameError(ValueError):
     """A message that is malformed, truncated, oversized or of another version."""
 
@@ -98,10 +102,9 @@ def decode(frame: bytes | memoryview) -> Message:
         raise FrameError("not a lucidity frame (bad magic)")
     if data[2] != VERSION:
         raise FrameError(f"protocol version {data[2]}, expected {VERSION}")
-    try:
-        msg_type = MsgType(data[3])
-    except ValueError:
-        raise FrameError(f"unknown message type {data[3]}") from None
+    msg_type = _TYPES.get(data[3])
+    if msg_type is None:
+        raise FrameError(f"unknown message type {data[3]}")
     try:
         header = json.loads(data[4:]) if len(data) > 4 else {}
     except (ValueError, RecursionError) as exc:  # bad UTF-8, JSON, huge ints, nesting
