@@ -13,7 +13,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -98,7 +98,7 @@ def messages(sock: zmq.Socket[Any], copy: bool = True) -> Iterator[list[Any]]:
     Asks the socket (ZMQ_EVENTS) instead of receiving until zmq.Again: an
     exception per wake-up costs more than the message it ends.
     """
-    while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator]
+    while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
         try:
             yield sock.recv_multipart(zmq.NOBLOCK, copy=copy)
         except zmq.Again:
