@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import pytest
 import zmq
+from waits import wait_until
 
 import lucidity
 from lucidity import _stubs
@@ -136,17 +137,6 @@ def ref(name: str, **options: Any) -> _stubs.JobRef[Any]:
 
 
 # ---- helpers ----------------------------------------------------------------------
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def in_thread(fn: Callable[[], T]) -> Future[T]:

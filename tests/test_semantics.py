@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waits import wait_until
 
 import lucidity
 from lucidity import _stubs
@@ -53,17 +54,6 @@ from lucidity.client import (
 WAIT_S = 20.0
 RTAPP = "lucidity_rtapp.work"
 SEMAPP = "semapp"
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def ref(target: str, **options: Any) -> _stubs.JobRef[Any]:
