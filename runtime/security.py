@@ -277,6 +277,7 @@ class Authorizer:
 
     def __init__(self, ctx: zmq.Context[Any], keys: Keys) -> None:
         self.folder = keys.authorized
+        self._folder_str = str(keys.authorized)
         self._stamp: int | None = None
         self._allowed: frozenset[bytes] = frozenset()
         self.auth = ThreadAuthenticator(ctx, log=logging.getLogger(__name__ + ".zap"))
@@ -301,8 +302,10 @@ class Authorizer:
         return allowed
 
     def current(self) -> frozenset[bytes]:
+        # On every message (revocation takes effect at once): os.stat of a
+        # str is a few times cheaper than Path.stat, and a stat is ~1 us.
         try:
-            stamp = self.folder.stat().st_mtime_ns
+            stamp = os.stat(self._folder_str).st_mtime_ns
         except OSError:
             return frozenset()
         if stamp != self._stamp:
