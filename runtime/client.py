@@ -136,6 +136,7 @@ class _Pending:
         "options",
         "local",
         "pinned",
+        "same_host",
         "addr",
         "deadline",
         "system_attempts",
@@ -168,6 +169,8 @@ class _Pending:
         self.local = local
         # A local job must run on its own node; a fanout item may move on.
         self.pinned = local
+        # Its payload holds shared-memory descriptors: only this host's nodes.
+        self.same_host = False
         self.addr = addr
         self.deadline = 0.0
         self.system_attempts = 0
@@ -292,7 +295,9 @@ class Client:
 
     def _new_job(
         self, target: str, options: JobOptions, args: Any, batch: str | None = None
-    ) -> tuple[Job[Any], list[Any]]:
+    ) -> tuple[Job[Any], list[Any], bool]:
+        """The job's handle, its SUBMIT frames, and whether they hold
+        shared-memory descriptors (only a node on this host can run it)."""
         job: Job[Any] = Job(next(self._ids), target)
         job._cancel_hook = self._cancel
         header: dict[str, Any] = {"id": job.job_id, "target": target}
@@ -311,12 +316,12 @@ class Client:
             header["memory"] = options.memory
         if options.fuel is not None:
             header["fuel"] = options.fuel
-        frames = [p.encode(p.MsgType.SUBMIT, header), *self._dumps_args(job, args)]
-        return job, frames
+        payload, same_host = self._dumps_args(job, args)
+        return job, [p.encode(p.MsgType.SUBMIT, header), *payload], same_host
 
     # ---- same-host shared memory (lucidity._shm) ---------------------------
 
-    def _dumps_args(self, job: Job[Any], args: Any) -> list[Any]:
+    def _dumps_args(self, job: Job[Any], args: Any) -> tuple[list[Any], bool]:
         """The payload of `job`'s arguments.
 
         When every node shares this host, large buffers go through shared
@@ -327,14 +332,14 @@ class Client:
         """
         nodes = self._nodes
         if not nodes or any(self._shm_node_dir(n) is None for n in nodes):
-            return p.dumps_payload(args)
+            return p.dumps_payload(args), False
         out = _shm.Outbound(self._shm_own.directory, "a", reply=True)
         frames = p.dumps_payload(args, out)
         if out.written:
             files = out.written
             self._shm_own.adopt(files)
             job.add_done_callback(lambda _: self._shm_own.release(files))
-        return frames
+        return frames, bool(out.written)
 
     def _shm_node_dir(self, node: dict[str, Any]) -> str | None:
         """`node`'s shared-memory directory, if it is on this host (same boot
@@ -379,10 +384,12 @@ class Client:
         `batch` ("tuples" or "single") `args` is a fanout chunk: a list of
         argument tuples, or of lone arguments.
         """
-        job, frames = self._new_job(target, options, args, batch)
+        job, frames, same_host = self._new_job(target, options, args, batch)
         if local:
             addr = self.local_node()
-        self._post(("submit", _Pending(job, frames, options, local, addr, blocking)))
+        pending = _Pending(job, frames, options, local, addr, blocking)
+        pending.same_host = same_host
+        self._post(("submit", pending))
         return job
 
     def _bundle(self, target: str) -> Bundle | None:
@@ -652,7 +659,20 @@ class Client:
             if not self._nodes:
                 self._park(pending)
                 return
-            addr = random.choice(self._nodes)["addr"]
+            nodes = self._nodes
+            if pending.same_host:
+                nodes = [n for n in nodes if self._shm_node_dir(n) is not None]
+                if not nodes:
+                    self._finish(pending)
+                    pending.job.set_exception(
+                        ClusterError(
+                            f"job {pending.job.target} #{pending.job.job_id} cannot "
+                            "be placed: its arguments are in this host's shared "
+                            "memory, and no node on this host is left"
+                        )
+                    )
+                    return
+            addr = random.choice(nodes)["addr"]
         pending.addr = addr
         refused = self._refused.get(addr)
         if refused is not None:

@@ -478,6 +478,29 @@ def test_a_retried_job_still_gets_its_arguments(rt_client: Any, tmp_path: Path) 
     assert _files_left(get_client()) == []
 
 
+def test_a_job_in_shared_memory_is_placed_only_on_this_host(
+    rt_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its arguments were written to this host's shared memory; if, by the
+    time it is placed (or placed again), no node of this host is left, it
+    fails saying so instead of reaching a node that cannot read them."""
+    from lucidity_rtapp.buffers_jobs import inspect_remote_async
+
+    client = get_client()
+    real = client._shm_node_dir
+    calls = {"n": 0}
+
+    def node_dir(node: dict[str, Any]) -> str | None:
+        calls["n"] += 1  # writing the payload asks once per node; then "moved"
+        return real(node) if calls["n"] <= len(client.nodes()) else None
+
+    monkeypatch.setattr(client, "_shm_node_dir", node_dir)
+    job = inspect_remote_async(PickleBuffer(bytearray(2 * MIB)))
+    with pytest.raises(lucidity.ClusterError, match="no node on this host is left"):
+        job.await_get(timeout=20)
+    assert _files_left(client) == []
+
+
 def test_nodes_without_shm_get_frames(rt_daemons: Any, tmp_path: Path) -> None:
     from lucidity_rtapp.buffers_jobs import fill_remote, inspect_remote
 
