@@ -175,6 +175,47 @@ class _Pending:
         self.timer: int | None = None
 
 
+class _Outcome:
+    """What one run of a job came to: a value, an error, or a lost run.
+
+    Read from a RESULT by `Client._outcome`; acted on by `Client._settle`.
+    """
+
+    __slots__ = ("value", "error", "lost")
+
+    def __init__(
+        self,
+        value: Any = None,
+        error: BaseException | None = None,
+        lost: tuple[str, type[ClusterError]] | None = None,
+    ) -> None:
+        self.value = value
+        self.error = error
+        # (cause, error type): the run was lost (its worker died, its result
+        # cannot be read), not the job's own doing; it may run again.
+        self.lost = lost
+
+    def final(self, pending: _Pending) -> bool:
+        """Whether this ends the job: not a lost run, and not an application
+        error with `retries` left."""
+        if self.lost is not None:
+            return False
+        error = self.error
+        return (
+            error is None
+            or pending.app_attempts >= pending.options.retries
+            or isinstance(error, LucidityError)
+        )
+
+    def complete(self, job: Job[Any]) -> None:
+        if job.done():
+            return  # cancelled meanwhile
+        if self.error is not None:
+            job.set_exception(self.error)
+        else:
+            job.set_result(self.value)
+
+
 class Client:
     """The cluster as one process sees it; all sockets live on one I/O thread."""
 
@@ -284,10 +325,13 @@ class Client:
     # ---- caller side -----------------------------------------------------
 
     def _post(self, cmd: tuple[Any, ...]) -> None:
-        if self._closed:
-            raise ClusterError("the lucidity client is shut down")
-        self._cmds.append(cmd)
+        # Checked and queued under the lock `close` takes to queue "stop":
+        # a command queued after "stop" would never be read, and its caller
+        # would wait forever.
         with self._wake_lock:
+            if self._closed:
+                raise ClusterError("the lucidity client is shut down")
+            self._cmds.append(cmd)
             self._wake_w.send(b"", zmq.NOBLOCK)
 
     def _new_job(
@@ -576,14 +620,16 @@ class Client:
         return results
 
     def close(self) -> None:
-        if self._closed:
-            return
-        if os.getpid() == self._pid and self._thread.is_alive():
-            self._cmds.append(("stop",))
-            with self._wake_lock:
+        with self._wake_lock:
+            if self._closed:
+                return
+            self._closed = True
+            stop = os.getpid() == self._pid and self._thread.is_alive()
+            if stop:
+                self._cmds.append(("stop",))
                 self._wake_w.send(b"", zmq.NOBLOCK)
+        if stop:
             self._thread.join(timeout=5)
-        self._closed = True
         if os.getpid() == self._pid:
             self._shm_own.close()
         if self._private_node is not None:
@@ -708,6 +754,9 @@ class Client:
         """
         pending.system_attempts += 1
         job = pending.job
+        # Out of `_inflight` either way: a failed job must not stay there
+        # (pinged for, and retried again on the next node loss).
+        self._inflight.pop(job.job_id, None)
         if pending.pinned or pending.system_attempts >= MAX_SYSTEM_ATTEMPTS:
             self._finish(pending)
             if not job.done():
@@ -719,7 +768,6 @@ class Client:
                 )
             return False
         log.warning("job %s #%d: %s; running it again", job.target, job.job_id, cause)
-        self._inflight.pop(job.job_id, None)
         pending.addr = None
         self._place(pending)
         return True
@@ -776,61 +824,78 @@ class Client:
     def _on_result(self, sock: zmq.Socket[Any], addr: str) -> None:
         for frames in messages(sock, copy=False):
             self._last_heard[addr] = time.monotonic()
-            try:
-                msg = p.decode(frames[0].buffer)
-                if msg.type == p.MsgType.PONG:
-                    continue
-                if msg.type == p.MsgType.FETCH:
-                    self._send_bundle(sock, str(msg.header["bundle"]))
-                    continue
-                if msg.type != p.MsgType.RESULT:
-                    raise p.FrameError(f"unexpected {msg.type.name}")
-                job_id = int(msg.header["id"])
-            except (p.FrameError, KeyError, TypeError, ValueError) as exc:
-                log.warning("dropped a bad frame from node %s: %s", addr, exc)
+            result = self._node_message(sock, frames, addr)
+            if result is None:
                 continue
+            job_id, header = result
             pending = self._inflight.get(job_id)
             payload = [f.buffer for f in frames[1:]]
             if pending is None or pending.job.done():
                 self._inflight.pop(job_id, None)
                 p.discard_payload(payload, self._shm_inbound())
                 continue
-            node = str(msg.header.get("node", addr))
-            job = pending.job
-            if msg.header.get("ok"):
-                self._inflight.pop(job_id, None)
-                self._finish(pending)
-                try:
-                    value = p.loads_payload(payload, self._shm_inbound())
-                except _shm.ShmError as exc:
-                    # The result's file is gone (its node stopped meanwhile)
-                    # or is not what it claims: as good as a lost worker.
-                    cause = f"its result from {node} cannot be read: {exc}"
-                    self._retry_system(pending, cause)
-                    continue
-                except Exception as exc:
-                    job.set_exception(
-                        ClusterError(f"cannot unpickle the result from {node}: {exc!r}")
+            self._settle(pending, self._outcome(header, payload, addr))
+
+    def _node_message(
+        self, sock: zmq.Socket[Any], frames: list[Any], addr: str
+    ) -> tuple[int, dict[str, Any]] | None:
+        """The job id and header of a RESULT from a node; PONG, FETCH
+        (answered here) and bad frames (logged) are None. Called by the
+        thread that owns `sock`."""
+        try:
+            msg = p.decode(frames[0].buffer)
+            if msg.type == p.MsgType.RESULT:
+                return int(msg.header["id"]), msg.header
+            if msg.type == p.MsgType.PONG:
+                return None
+            if msg.type == p.MsgType.FETCH:
+                self._send_bundle(sock, str(msg.header["bundle"]))
+                return None
+            raise p.FrameError(f"unexpected {msg.type.name}")
+        except (p.FrameError, KeyError, TypeError, ValueError) as exc:
+            log.warning("dropped a bad frame from node %s: %s", addr, exc)
+            return None
+
+    def _outcome(
+        self, header: dict[str, Any], payload: list[Any], addr: str
+    ) -> _Outcome:
+        """What a RESULT says of its job, read by whichever thread got it."""
+        node = str(header.get("node", addr))
+        if header.get("ok"):
+            try:
+                return _Outcome(value=p.loads_payload(payload, self._shm_inbound()))
+            except _shm.ShmError as exc:
+                # The result's file is gone (its node stopped meanwhile) or
+                # is not what it claims: as good as a lost worker.
+                cause = f"its result from {node} cannot be read: {exc}"
+                return _Outcome(lost=(cause, ClusterError))
+            except Exception as exc:
+                return _Outcome(
+                    error=ClusterError(
+                        f"cannot unpickle the result from {node}: {exc!r}"
                     )
-                else:
-                    job.set_result(value)
-                continue
-            error = _decode_error(payload, node)
-            if isinstance(error, WorkerLostError):
-                self._retry_system(pending, str(error), WorkerLostError)
-                continue
-            if pending.app_attempts < pending.options.retries and not isinstance(
-                error, LucidityError
-            ):
-                pending.app_attempts += 1
-                self._inflight.pop(job_id, None)
-                if not pending.pinned:
-                    pending.addr = None
-                self._place(pending)
-                continue
-            self._inflight.pop(job_id, None)
-            self._finish(pending)
-            job.set_exception(error)
+                )
+        error = _decode_error(payload, node)
+        if isinstance(error, WorkerLostError):
+            return _Outcome(lost=(str(error), WorkerLostError))
+        return _Outcome(error=error)
+
+    def _settle(self, pending: _Pending, outcome: _Outcome) -> None:
+        """Act on a job's result: finish it, or run it again (I/O thread)."""
+        job = pending.job
+        if outcome.lost is not None:
+            self._retry_system(pending, *outcome.lost)
+            return
+        if not outcome.final(pending):
+            pending.app_attempts += 1
+            self._inflight.pop(job.job_id, None)
+            if not pending.pinned:
+                pending.addr = None
+            self._place(pending)
+            return
+        self._inflight.pop(job.job_id, None)
+        self._finish(pending)
+        outcome.complete(job)
 
     def _send_bundle(self, sock: zmq.Socket[Any], digest: str) -> None:
         bundle = self._by_digest.get(digest)
@@ -853,24 +918,30 @@ class Client:
         self._arm_ping(min(check_ms.values(), default=IDLE_PING_S * 1000) / 1000)
         for addr in [a for a in self._last_heard if a not in check_ms]:
             del self._last_heard[addr]  # idle nodes owe us nothing
-        silent = set()
+        silent = {}
         head = p.encode(p.MsgType.PING)
         for addr, ms in check_ms.items():
             heard = self._last_heard.setdefault(addr, now)
             if now - heard > SILENT_CHECKS * ms / 1000:
-                silent.add(addr)
-                log.warning(
-                    "node at %s silent for %.1f s (%d checks)",
-                    addr,
-                    now - heard,
-                    SILENT_CHECKS,
-                )
+                silent[addr] = now - heard
             else:
                 self._sock(addr).send(head, zmq.NOBLOCK)
         if silent:
-            with self._cond:
-                self._nodes = [n for n in self._nodes if n["addr"] not in silent]
-            self._on_nodes_lost(silent)
+            self._give_up(silent)
+
+    def _give_up(self, silent: dict[str, float]) -> None:
+        """Drop nodes silent for SILENT_CHECKS check intervals (address ->
+        seconds), as if control had: control may be down, or not know yet."""
+        for addr, seconds in silent.items():
+            log.warning(
+                "node at %s silent for %.1f s (%d checks)",
+                addr,
+                seconds,
+                SILENT_CHECKS,
+            )
+        with self._cond:
+            self._nodes = [n for n in self._nodes if n["addr"] not in silent]
+        self._on_nodes_lost(set(silent))
 
     def _arm_ping(self, period: float) -> None:
         if self._ping_timer is not None:
