@@ -75,16 +75,14 @@ def submit_remote(ref: JobRef[T], args: tuple[Any, ...]) -> Job[T]:
 
 def run_local(ref: JobRef[T], args: tuple[Any, ...]) -> T:
     """Run `ref(*args)` on this process's own node and wait for it."""
-    job: Job[T] = _client().submit(
-        ref.target, ref.options, args, local=True, blocking=True
-    )
-    return job.await_get()
+    value: T = _client().run(ref.target, ref.options, args, local=True)
+    return value
 
 
 def run_remote(ref: JobRef[T], args: tuple[Any, ...]) -> T:
     """Run `ref(*args)` on a random live node and wait for it."""
-    job: Job[T] = _client().submit(ref.target, ref.options, args, blocking=True)
-    return job.await_get()
+    value: T = _client().run(ref.target, ref.options, args)
+    return value
 
 
 def fanout(ref: JobRef[T], items: Iterable[tuple[Any, ...]]) -> list[T]:

@@ -1,10 +1,13 @@
 """The client: how a process (an app, or a job inside a worker) reaches the cluster.
 
-One I/O thread per process owns every socket: a DEALER to control (the node
-list, pushed on change) and a DEALER per node (jobs out, results in). Caller
-threads hand it commands through a deque and an inproc wake-up socket, and
-wait on the `Job` futures it completes. The engine seam is small: `submit`
-one job, `fanout` many, and `nodes()`.
+One I/O thread per process owns the shared sockets: a DEALER to control (the
+node list, pushed on change) and a DEALER per node (jobs out, results in).
+Caller threads hand it commands through a deque and an inproc wake-up
+socket, and wait on the `Job` futures it completes. A blocking call (`run`)
+first goes a shorter way: its thread sends the job and waits for the result
+on a DEALER of its own, and hands the job to the I/O thread only when it
+needs more than that (a lost run, a silent node, a timeout...). The engine
+seam is small: `submit` one job (or `run` it), `fanout` many, and `nodes()`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Sized
 from concurrent.futures import Future
 from typing import Any
@@ -76,6 +80,8 @@ FANOUT_WINDOW_PER_SLOT = 4
 CHUNK_TARGET_S = 0.02
 # ...and never more items than this in one message.
 CHUNK_MAX_ITEMS = 8192
+
+_PING = p.encode(p.MsgType.PING)
 
 
 def _decode_error(frames: list[Any], node: str) -> BaseException:
@@ -178,8 +184,104 @@ class _Pending:
         self.timer: int | None = None
 
 
+class _Outcome:
+    """What one run of a job came to: a value, an error, or a lost run.
+
+    Read from a RESULT by `Client._outcome`, in whichever thread received it;
+    acted on by `Client._settle` (I/O thread), or at once by the caller
+    thread's fast path when it ends the job.
+    """
+
+    __slots__ = ("value", "error", "lost")
+
+    def __init__(
+        self,
+        value: Any = None,
+        error: BaseException | None = None,
+        lost: tuple[str, type[ClusterError]] | None = None,
+    ) -> None:
+        self.value = value
+        self.error = error
+        # (cause, error type): the run was lost (its worker died, its result
+        # cannot be read), not the job's own doing; it may run again.
+        self.lost = lost
+
+    def final(self, pending: _Pending) -> bool:
+        """Whether this ends the job: not a lost run, and not an application
+        error with `retries` left."""
+        if self.lost is not None:
+            return False
+        error = self.error
+        return (
+            error is None
+            or pending.app_attempts >= pending.options.retries
+            or isinstance(error, LucidityError)
+        )
+
+    def complete(self, job: Job[Any]) -> None:
+        if job.done():
+            return  # cancelled meanwhile
+        if self.error is not None:
+            job.set_exception(self.error)
+        else:
+            job.set_result(self.value)
+
+
+def _close_sockets(
+    socks: dict[str, tuple[zmq.Socket[Any], zmq.Poller]], pid: int
+) -> None:
+    # Never in a forked child: the sockets are the parent's.
+    if os.getpid() == pid:
+        for sock, _ in socks.values():
+            sock.close(0)
+    socks.clear()
+
+
+class _ThreadLink:
+    """One caller thread's sockets for the fast path of blocking calls: a
+    DEALER per node address, under an identity of its own (to a node, one
+    more client), each with its poller.
+
+    The owner holds `lock` while it uses them. `Client.close` (I/O thread)
+    marks the link `dead`, then closes the sockets if the lock is free; if
+    not, the owner does when it lets go (`release`). A thread that ends
+    drops its link (it lives in a `threading.local`) and the finalizer
+    closes the sockets.
+    """
+
+    __slots__ = ("identity", "socks", "lock", "dead", "__weakref__")
+
+    def __init__(self, identity: bytes) -> None:
+        self.identity = identity
+        self.socks: dict[str, tuple[zmq.Socket[Any], zmq.Poller]] = {}
+        self.lock = threading.Lock()
+        # Closed for good (the client is closing): no new sockets.
+        self.dead = False
+        weakref.finalize(self, _close_sockets, self.socks, os.getpid()).atexit = False
+
+    def close(self) -> None:
+        """For `Client.close`: no more sockets; these closed now or by
+        their owner, whichever comes last (so one of them does)."""
+        self.dead = True
+        self._close_if_free()
+
+    def release(self) -> None:
+        """The owner is done with its sockets for now."""
+        self.lock.release()
+        if self.dead:
+            self._close_if_free()
+
+    def _close_if_free(self) -> None:
+        if self.lock.acquire(blocking=False):
+            try:
+                _close_sockets(self.socks, os.getpid())
+            finally:
+                self.lock.release()
+
+
 class Client:
-    """The cluster as one process sees it; all sockets live on one I/O thread."""
+    """The cluster as one process sees it; all sockets live on one I/O thread,
+    but for each caller thread's own sockets of the fast path (`run`)."""
 
     def __init__(
         self,
@@ -219,6 +321,9 @@ class Client:
         self._parked: list[_Pending] = []
         self._park_timer: int | None = None
         self._last_heard: dict[str, float] = {}
+        # When each node was last given up (by control or by its silence):
+        # a fast-path job sent there before then runs again elsewhere.
+        self._lost_at: dict[str, float] = {}
         # The one pending `_ping` timer, and the period it was armed with.
         self._ping_timer: int | None = None
         self._ping_period = IDLE_PING_S
@@ -232,6 +337,12 @@ class Client:
         self._shm_names: frozenset[str] = frozenset()
         self._ids = itertools.count(1)
         self._rr = itertools.count()
+        # The fast path of blocking calls (`run`): each caller thread's own
+        # sockets, and every such thread's, for `close`.
+        self._local = threading.local()
+        self._links: weakref.WeakSet[_ThreadLink] = weakref.WeakSet()
+        self._links_lock = threading.Lock()
+        self._link_ids = itertools.count(1)
         self._closed = False
         self.loop = EventLoop()
         self.loop.add_reader(self._wake_r, self._on_wake)
@@ -249,12 +360,15 @@ class Client:
 
     # ---- security --------------------------------------------------------
 
-    def _secure(self, sock: zmq.Socket[Any], addr: str) -> None:
-        """Keys and size limit for `sock`, and a watch on its handshakes."""
+    def _secure(self, sock: zmq.Socket[Any], addr: str, watched: bool = True) -> None:
+        """Keys and size limit for `sock`, and (I/O thread) a watch on its
+        handshakes."""
         keys = self._addr_keys[addr] if addr in self._addr_keys else self.keys
         if keys is not None:
             secure_client(sock, keys)
         set_max_message(sock, self._max_mb)
+        if not watched:
+            return
         watch = HandshakeWatch(
             sock,
             addr,
@@ -287,10 +401,13 @@ class Client:
     # ---- caller side -----------------------------------------------------
 
     def _post(self, cmd: tuple[Any, ...]) -> None:
-        if self._closed:
-            raise ClusterError("the lucidity client is shut down")
-        self._cmds.append(cmd)
+        # Checked and queued under the lock `close` takes to queue "stop":
+        # a command queued after "stop" would never be read, and its caller
+        # would wait forever.
         with self._wake_lock:
+            if self._closed:
+                raise ClusterError("the lucidity client is shut down")
+            self._cmds.append(cmd)
             self._wake_w.send(b"", zmq.NOBLOCK)
 
     def _new_job(
@@ -391,6 +508,165 @@ class Client:
         pending.same_host = same_host
         self._post(("submit", pending))
         return job
+
+    # ---- the fast path of blocking calls ------------------------------------
+
+    def run(
+        self,
+        target: str,
+        options: JobOptions,
+        args: Any,
+        local: bool = False,
+        addr: str | None = None,
+    ) -> Any:
+        """Run `target(*args)` and wait for its result (`_local`, `_remote`).
+
+        What `submit(..., blocking=True).result()` does, by a shorter way
+        when it can: the calling thread sends the job and waits for its
+        result on a socket of its own (`_run_inline`), instead of handing it
+        to the I/O thread and being woken by it. Anything but a plain ending
+        is handed to the I/O thread, which carries on as with a submission.
+        """
+        job, frames = self._new_job(target, options, args)
+        if local:
+            addr = self.local_node()
+        pending = _Pending(job, frames, options, local, addr, blocking=True)
+        handover = self._run_inline(pending)
+        if handover is not None:
+            self._post(handover)
+        return job.result()
+
+    def _run_inline(self, pending: _Pending) -> tuple[Any, ...] | None:
+        """Run `pending` from the calling thread: None once its job is done,
+        else the I/O-thread command that takes it over."""
+        options = pending.options
+        if options.timeout is not None or options.retries or self._closed:
+            # Their timers and re-runs are the I/O thread's.
+            return ("submit", pending)
+        addr = pending.addr
+        if addr is None:
+            nodes = self._nodes
+            if not nodes:
+                return ("submit", pending)  # the I/O thread waits for one
+            addr = random.choice(nodes)["addr"]
+        if addr in self._refused:
+            return ("submit", pending)  # it fails with the refusal
+        link = self._link()
+        # Not free: this thread is already in a call (a signal handler).
+        if not link.lock.acquire(blocking=False):
+            return ("submit", pending)
+        try:
+            if link.dead:
+                return ("submit", pending)  # closing: `_post` says so
+            return self._exchange(link, pending, addr)
+        finally:
+            link.release()
+
+    def _link(self) -> _ThreadLink:
+        try:
+            link: _ThreadLink = self._local.link
+            return link
+        except AttributeError:
+            pass
+        link = _ThreadLink(self._identity + b"/t%d" % next(self._link_ids))
+        self._local.link = link
+        with self._links_lock:
+            self._links.add(link)
+        return link
+
+    def _link_sock(
+        self, link: _ThreadLink, addr: str
+    ) -> tuple[zmq.Socket[Any], zmq.Poller]:
+        """This thread's socket to `addr`, as `_sock` makes the I/O thread's."""
+        entry = link.socks.get(addr)
+        if entry is not None:
+            return entry
+        # Sockets to nodes gone from the cluster would reconnect forever.
+        known = {n["addr"] for n in self._nodes}
+        for old in [a for a in link.socks if a not in known and a != self._local_node]:
+            link.socks.pop(old)[0].close(0)
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.setsockopt(zmq.IDENTITY, link.identity)
+        # Handshakes are watched on the I/O thread's socket to the same
+        # address, with the same keys (it reports a refusal in `_refused`).
+        self._secure(sock, addr, watched=False)
+        sock.connect(addr)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        link.socks[addr] = (sock, poller)
+        if addr not in self._socks:
+            self._post(("open", addr))
+        return sock, poller
+
+    def _exchange(
+        self, link: _ThreadLink, pending: _Pending, addr: str
+    ) -> tuple[Any, ...] | None:
+        """Send `pending` to `addr` on this thread's socket and wait for its
+        result there, answering the node's FETCH and pinging it every check
+        interval; see `_run_inline`."""
+        job = pending.job
+        try:
+            sock, poller = self._link_sock(link, addr)
+            sock.send_multipart(pending.frames, zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError:
+            # Not sent: the I/O thread sends it (or, closing, `_post` says so).
+            return ("submit", pending)
+        check_ms = pending.check_ms
+        silent_s = SILENT_CHECKS * check_ms / 1000
+        sent = heard = time.monotonic()
+        try:
+            with blocking():
+                while True:
+                    if not poller.poll(check_ms):
+                        silence = time.monotonic() - heard
+                        pending.addr = addr
+                        if addr in self._refused:
+                            return ("submit", pending)  # it fails with the refusal
+                        if self._lost_at.get(addr, 0.0) >= sent:
+                            # Control (or the I/O thread) gave the node up.
+                            lost = (f"node at {addr} was lost", ClusterError)
+                            return ("settle", pending, _Outcome(lost=lost))
+                        if silence > silent_s:
+                            return ("silent", pending, addr, silence)
+                        sock.send(_PING, zmq.NOBLOCK)
+                        continue
+                    heard = time.monotonic()
+                    for frames in messages(sock, copy=False):
+                        result = self._node_message(sock, frames, addr)
+                        if result is None:
+                            continue
+                        payload = [f.buffer for f in frames[1:]]
+                        if result[0] != job.job_id:
+                            # An earlier job's, handed over to the I/O thread.
+                            p.discard_payload(payload, self._shm_inbound())
+                            continue
+                        outcome = self._outcome(result[1], payload, addr)
+                        if outcome.final(pending):
+                            outcome.complete(job)
+                            return None
+                        pending.addr = addr
+                        return ("settle", pending, outcome)
+        except zmq.ZMQError as exc:
+            link.socks.pop(addr, None)
+            sock.close(0)
+            if exc.errno == zmq.ETERM:
+                # `close` terminates the context under us (and the link is
+                # dead: its other sockets are closed on the way out).
+                job.set_exception(ClusterError("the lucidity client shut down"))
+                return None
+            cause = f"its connection to node at {addr} failed: {exc}"
+            return ("settle", pending, _Outcome(lost=(cause, ClusterError)))
+        except BaseException:
+            # Interrupted (KeyboardInterrupt...): stop the job, as the node
+            # knows it, by this socket's identity.
+            head = p.encode(p.MsgType.CANCEL, {"id": job.job_id, "grace_ms": 0})
+            try:
+                sock.send(head, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            job.cancel()
+            raise
 
     def _bundle(self, target: str) -> Bundle | None:
         module = target.partition(":")[0]
@@ -583,14 +859,16 @@ class Client:
         return results
 
     def close(self) -> None:
-        if self._closed:
-            return
-        if os.getpid() == self._pid and self._thread.is_alive():
-            self._cmds.append(("stop",))
-            with self._wake_lock:
+        with self._wake_lock:
+            if self._closed:
+                return
+            self._closed = True
+            stop = os.getpid() == self._pid and self._thread.is_alive()
+            if stop:
+                self._cmds.append(("stop",))
                 self._wake_w.send(b"", zmq.NOBLOCK)
+        if stop:
             self._thread.join(timeout=5)
-        self._closed = True
         if os.getpid() == self._pid:
             self._shm_own.close()
         if self._private_node is not None:
@@ -611,6 +889,7 @@ class Client:
             for sock in (self._wake_r, self._wake_w, self._ctl, *self._socks.values()):
                 if sock is not None:
                     sock.close(0)
+            self._close_links()
             self.ctx.term()
 
     def _fail_all(self, exc: BaseException) -> None:
@@ -631,6 +910,12 @@ class Client:
             kind = cmd[0]
             if kind == "submit":
                 self._place(cmd[1])
+            elif kind == "settle":
+                self._settle(cmd[1], cmd[2])
+            elif kind == "silent":
+                self._on_silent(cmd[1], cmd[2], cmd[3])
+            elif kind == "open":
+                self._sock(cmd[1])
             elif kind == "cancel":
                 self._do_cancel(cmd[1])
             elif kind == "stop":
@@ -728,6 +1013,9 @@ class Client:
         """
         pending.system_attempts += 1
         job = pending.job
+        # Out of `_inflight` either way: a failed job must not stay there
+        # (pinged for, and retried again on the next node loss).
+        self._inflight.pop(job.job_id, None)
         if pending.pinned or pending.system_attempts >= MAX_SYSTEM_ATTEMPTS:
             self._finish(pending)
             if not job.done():
@@ -739,7 +1027,6 @@ class Client:
                 )
             return False
         log.warning("job %s #%d: %s; running it again", job.target, job.job_id, cause)
-        self._inflight.pop(job.job_id, None)
         pending.addr = None
         self._place(pending)
         return True
@@ -796,61 +1083,78 @@ class Client:
     def _on_result(self, sock: zmq.Socket[Any], addr: str) -> None:
         for frames in messages(sock, copy=False):
             self._last_heard[addr] = time.monotonic()
-            try:
-                msg = p.decode(frames[0].buffer)
-                if msg.type == p.MsgType.PONG:
-                    continue
-                if msg.type == p.MsgType.FETCH:
-                    self._send_bundle(sock, str(msg.header["bundle"]))
-                    continue
-                if msg.type != p.MsgType.RESULT:
-                    raise p.FrameError(f"unexpected {msg.type.name}")
-                job_id = int(msg.header["id"])
-            except (p.FrameError, KeyError, TypeError, ValueError) as exc:
-                log.warning("dropped a bad frame from node %s: %s", addr, exc)
+            result = self._node_message(sock, frames, addr)
+            if result is None:
                 continue
+            job_id, header = result
             pending = self._inflight.get(job_id)
             payload = [f.buffer for f in frames[1:]]
             if pending is None or pending.job.done():
                 self._inflight.pop(job_id, None)
                 p.discard_payload(payload, self._shm_inbound())
                 continue
-            node = str(msg.header.get("node", addr))
-            job = pending.job
-            if msg.header.get("ok"):
-                self._inflight.pop(job_id, None)
-                self._finish(pending)
-                try:
-                    value = p.loads_payload(payload, self._shm_inbound())
-                except _shm.ShmError as exc:
-                    # The result's file is gone (its node stopped meanwhile)
-                    # or is not what it claims: as good as a lost worker.
-                    cause = f"its result from {node} cannot be read: {exc}"
-                    self._retry_system(pending, cause)
-                    continue
-                except Exception as exc:
-                    job.set_exception(
-                        ClusterError(f"cannot unpickle the result from {node}: {exc!r}")
+            self._settle(pending, self._outcome(header, payload, addr))
+
+    def _node_message(
+        self, sock: zmq.Socket[Any], frames: list[Any], addr: str
+    ) -> tuple[int, dict[str, Any]] | None:
+        """The job id and header of a RESULT from a node; PONG, FETCH
+        (answered here) and bad frames (logged) are None. Called by the
+        thread that owns `sock`."""
+        try:
+            msg = p.decode(frames[0].buffer)
+            if msg.type == p.MsgType.RESULT:
+                return int(msg.header["id"]), msg.header
+            if msg.type == p.MsgType.PONG:
+                return None
+            if msg.type == p.MsgType.FETCH:
+                self._send_bundle(sock, str(msg.header["bundle"]))
+                return None
+            raise p.FrameError(f"unexpected {msg.type.name}")
+        except (p.FrameError, KeyError, TypeError, ValueError) as exc:
+            log.warning("dropped a bad frame from node %s: %s", addr, exc)
+            return None
+
+    def _outcome(
+        self, header: dict[str, Any], payload: list[Any], addr: str
+    ) -> _Outcome:
+        """What a RESULT says of its job, read by whichever thread got it."""
+        node = str(header.get("node", addr))
+        if header.get("ok"):
+            try:
+                return _Outcome(value=p.loads_payload(payload, self._shm_inbound()))
+            except _shm.ShmError as exc:
+                # The result's file is gone (its node stopped meanwhile) or
+                # is not what it claims: as good as a lost worker.
+                cause = f"its result from {node} cannot be read: {exc}"
+                return _Outcome(lost=(cause, ClusterError))
+            except Exception as exc:
+                return _Outcome(
+                    error=ClusterError(
+                        f"cannot unpickle the result from {node}: {exc!r}"
                     )
-                else:
-                    job.set_result(value)
-                continue
-            error = _decode_error(payload, node)
-            if isinstance(error, WorkerLostError):
-                self._retry_system(pending, str(error), WorkerLostError)
-                continue
-            if pending.app_attempts < pending.options.retries and not isinstance(
-                error, LucidityError
-            ):
-                pending.app_attempts += 1
-                self._inflight.pop(job_id, None)
-                if not pending.pinned:
-                    pending.addr = None
-                self._place(pending)
-                continue
-            self._inflight.pop(job_id, None)
-            self._finish(pending)
-            job.set_exception(error)
+                )
+        error = _decode_error(payload, node)
+        if isinstance(error, WorkerLostError):
+            return _Outcome(lost=(str(error), WorkerLostError))
+        return _Outcome(error=error)
+
+    def _settle(self, pending: _Pending, outcome: _Outcome) -> None:
+        """Act on a job's result: finish it, or run it again (I/O thread)."""
+        job = pending.job
+        if outcome.lost is not None:
+            self._retry_system(pending, *outcome.lost)
+            return
+        if not outcome.final(pending):
+            pending.app_attempts += 1
+            self._inflight.pop(job.job_id, None)
+            if not pending.pinned:
+                pending.addr = None
+            self._place(pending)
+            return
+        self._inflight.pop(job.job_id, None)
+        self._finish(pending)
+        outcome.complete(job)
 
     def _send_bundle(self, sock: zmq.Socket[Any], digest: str) -> None:
         bundle = self._by_digest.get(digest)
@@ -873,24 +1177,46 @@ class Client:
         self._arm_ping(min(check_ms.values(), default=IDLE_PING_S * 1000) / 1000)
         for addr in [a for a in self._last_heard if a not in check_ms]:
             del self._last_heard[addr]  # idle nodes owe us nothing
-        silent = set()
+        silent = {}
         head = p.encode(p.MsgType.PING)
         for addr, ms in check_ms.items():
             heard = self._last_heard.setdefault(addr, now)
             if now - heard > SILENT_CHECKS * ms / 1000:
-                silent.add(addr)
-                log.warning(
-                    "node at %s silent for %.1f s (%d checks)",
-                    addr,
-                    now - heard,
-                    SILENT_CHECKS,
-                )
+                silent[addr] = now - heard
             else:
                 self._sock(addr).send(head, zmq.NOBLOCK)
         if silent:
-            with self._cond:
-                self._nodes = [n for n in self._nodes if n["addr"] not in silent]
-            self._on_nodes_lost(silent)
+            self._give_up(silent)
+
+    def _on_silent(self, pending: _Pending, addr: str, seconds: float) -> None:
+        """The fast path heard nothing from `addr` for SILENT_CHECKS
+        intervals while `pending` ran there: as if the I/O thread had."""
+        if any(n["addr"] == addr for n in self._nodes):
+            self._give_up({addr: seconds})
+        self._retry_system(pending, f"node at {addr} was lost")
+
+    def _close_links(self) -> None:
+        """Close every caller thread's sockets (before `ctx.term()`)."""
+        with self._links_lock:
+            links = list(self._links)
+        for link in links:
+            # A thread inside `_exchange` closes its own as it leaves: if it
+            # waits on its socket, `ctx.term()` makes the wait fail (ETERM).
+            link.close()
+
+    def _give_up(self, silent: dict[str, float]) -> None:
+        """Drop nodes silent for SILENT_CHECKS check intervals (address ->
+        seconds), as if control had: control may be down, or not know yet."""
+        for addr, seconds in silent.items():
+            log.warning(
+                "node at %s silent for %.1f s (%d checks)",
+                addr,
+                seconds,
+                SILENT_CHECKS,
+            )
+        with self._cond:
+            self._nodes = [n for n in self._nodes if n["addr"] not in silent]
+        self._on_nodes_lost(set(silent))
 
     def _arm_ping(self, period: float) -> None:
         if self._ping_timer is not None:
@@ -899,8 +1225,10 @@ class Client:
         self._ping_timer = self.loop.call_later(period, self._ping)
 
     def _on_nodes_lost(self, lost: set[str]) -> None:
+        now = time.monotonic()
         for addr in lost:
             log.warning("node at %s left the cluster", addr)
+            self._lost_at[addr] = now
             self._last_heard.pop(addr, None)
             sock = self._socks.pop(addr, None)
             if sock is not None:
