@@ -160,6 +160,7 @@ class _Pending:
         local: bool,
         addr: str | None,
         blocking: bool = False,
+        same_host: bool = False,
     ) -> None:
         self.job = job
         # The seed's retry intervals, per variant: how long to wait for a node
@@ -176,7 +177,7 @@ class _Pending:
         # A local job must run on its own node; a fanout item may move on.
         self.pinned = local
         # Its payload holds shared-memory descriptors: only this host's nodes.
-        self.same_host = False
+        self.same_host = same_host
         self.addr = addr
         self.deadline = 0.0
         self.system_attempts = 0
@@ -504,8 +505,7 @@ class Client:
         job, frames, same_host = self._new_job(target, options, args, batch)
         if local:
             addr = self.local_node()
-        pending = _Pending(job, frames, options, local, addr, blocking)
-        pending.same_host = same_host
+        pending = _Pending(job, frames, options, local, addr, blocking, same_host)
         self._post(("submit", pending))
         return job
 
@@ -527,10 +527,10 @@ class Client:
         to the I/O thread and being woken by it. Anything but a plain ending
         is handed to the I/O thread, which carries on as with a submission.
         """
-        job, frames = self._new_job(target, options, args)
+        job, frames, same_host = self._new_job(target, options, args)
         if local:
             addr = self.local_node()
-        pending = _Pending(job, frames, options, local, addr, blocking=True)
+        pending = _Pending(job, frames, options, local, addr, True, same_host)
         handover = self._run_inline(pending)
         if handover is not None:
             self._post(handover)
@@ -546,8 +546,9 @@ class Client:
         addr = pending.addr
         if addr is None:
             nodes = self._nodes
-            if not nodes:
-                return ("submit", pending)  # the I/O thread waits for one
+            if not nodes or pending.same_host:
+                # The I/O thread waits for a node, or picks one of this host.
+                return ("submit", pending)
             addr = random.choice(nodes)["addr"]
         if addr in self._refused:
             return ("submit", pending)  # it fails with the refusal
