@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[], None]
 
+# Plain ints: pyzmq's flag enums cost an enum operation per use (hot path).
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
 
 class EventLoop:
     def __init__(self) -> None:
@@ -98,7 +102,7 @@ def messages(sock: zmq.Socket[Any], copy: bool = True) -> Iterator[list[Any]]:
     Asks the socket (ZMQ_EVENTS) instead of receiving until zmq.Again: an
     exception per wake-up costs more than the message it ends.
     """
-    while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+    while cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
         try:
             yield sock.recv_multipart(zmq.NOBLOCK, copy=copy)
         except zmq.Again:
