@@ -447,14 +447,11 @@ def rt_client(rt_cluster: Cluster) -> Iterator[Cluster]:
         _forget_address()
 
 
-@pytest.fixture
-def make_daemons(tmp_path: Path) -> Iterator[Callable[[Path, dict[str, str]], Daemons]]:
-    """`make_daemons(cwd, env)`: daemons run from `cwd` with `env` for one
-    test (logs under its tmp dir), all stopped after it."""
+def _daemon_factory(root: Path) -> Iterator[Callable[[Path, dict[str, str]], Daemons]]:
     made: list[Daemons] = []
 
     def make(cwd: Path, env: dict[str, str]) -> Daemons:
-        logdir = tmp_path / f"logs-{len(made)}"
+        logdir = root / f"logs-{len(made)}"
         logdir.mkdir()
         made.append(Daemons(cwd, env, logdir))
         return made[-1]
@@ -465,6 +462,21 @@ def make_daemons(tmp_path: Path) -> Iterator[Callable[[Path, dict[str, str]], Da
         _forget_address()
         for daemons in made:
             daemons.stop_all()
+
+
+@pytest.fixture
+def make_daemons(tmp_path: Path) -> Iterator[Callable[[Path, dict[str, str]], Daemons]]:
+    """`make_daemons(cwd, env)`: daemons run from `cwd` with `env` for one
+    test (logs under its tmp dir), all stopped after it."""
+    yield from _daemon_factory(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def make_module_daemons(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[Path, dict[str, str]], Daemons]]:
+    """`make_daemons` for daemons a whole test module shares."""
+    yield from _daemon_factory(tmp_path_factory.mktemp("daemons"))
 
 
 @pytest.fixture

@@ -4,9 +4,7 @@ on loopback, CURVE keys, refused strangers, revoked members, hostile frames."""
 from __future__ import annotations
 
 import os
-import selectors
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -31,46 +29,8 @@ WAIT_S = 10.0
 MAX_MB = 1
 
 
-class Daemon:
-    def __init__(self, proc: subprocess.Popen[bytes], endpoint: str) -> None:
-        self.proc = proc
-        self.endpoint = endpoint
-
-    @property
-    def port(self) -> int:
-        return int(self.endpoint.rsplit(":", 1)[1])
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
-
-
-def _read_ready(proc: subprocess.Popen[bytes], timeout: float = WAIT_S) -> str:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    buf = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                raise AssertionError(f"{proc.args!r} not ready within {timeout} s")
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                raise AssertionError(f"{proc.args!r} exited with {proc.wait(5)}")
-            buf += chunk
-    line = buf.split(b"\n", 1)[0].decode()
-    assert line.startswith("LUCIDITY-READY "), line
-    return line.split(" ", 1)[1].strip()
+def port(daemon: Any) -> int:
+    return int(daemon.endpoint.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")
@@ -84,30 +44,17 @@ def app_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def spawn(app_dir: Path) -> Iterator[Any]:
-    procs: list[subprocess.Popen[bytes]] = []
+def spawn(app_dir: Path, make_module_daemons: Any) -> Any:
+    """`spawn(KIND, ARGS...)`: a daemon run from the app's folder, without
+    the environment's cluster settings; stopped with the module."""
     env = dict(os.environ)
     for name in ("LUCIDITY_KEYS", "LUCIDITY_CONTROL", "LUCIDITY_NODE"):
         env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(app_dir), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
-
-    def start(*args: str) -> Daemon:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lucidity", "--log-level", "WARNING", *args],
-            cwd=app_dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(proc)
-        return Daemon(proc, _read_ready(proc))
-
-    yield start
-    for proc in procs:
-        _stop(proc)
+    daemons = make_module_daemons(app_dir, env)
+    return lambda kind, *args: daemons.start(kind, *args)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +63,7 @@ def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(spawn: Any, keys_dir: Path) -> tuple[Daemon, Daemon]:
+def cluster(spawn: Any, keys_dir: Path) -> tuple[Any, Any]:
     secure = ["--keys", str(keys_dir), "--max-message-mb", str(MAX_MB)]
     control = spawn("control", "--bind", "tcp://127.0.0.1:*", *secure)
     node = spawn(
@@ -135,7 +82,7 @@ def cluster(spawn: Any, keys_dir: Path) -> tuple[Daemon, Daemon]:
 
 
 @pytest.fixture
-def client_for(cluster: tuple[Daemon, Daemon]) -> Iterator[Any]:
+def client_for(cluster: tuple[Any, Any]) -> Iterator[Any]:
     clients: list[Client] = []
 
     def make(keys: Keys | None) -> Client:
@@ -152,7 +99,7 @@ def _square(client: Client, value: int, addr: str | None = None) -> Any:
     return client.submit(TARGET, OPTIONS, (value,), addr=addr).await_get(WAIT_S)
 
 
-def _assert_serving(cluster: tuple[Daemon, Daemon], keys_dir: Path) -> None:
+def _assert_serving(cluster: tuple[Any, Any], keys_dir: Path) -> None:
     control, node = cluster
     assert control.proc.poll() is None and node.proc.poll() is None
     client = Client(control.endpoint, keys=load_keys(keys_dir))
@@ -181,7 +128,7 @@ def test_keyed_cluster_runs_jobs(client_for: Any, keys_dir: Path) -> None:
 
 
 def test_no_keys_is_refused_with_a_clear_error(
-    client_for: Any, cluster: tuple[Daemon, Daemon]
+    client_for: Any, cluster: tuple[Any, Any]
 ) -> None:
     error = _refused(client_for(None))
     assert "requires keys" in str(error) and "LUCIDITY_KEYS" in str(error)
@@ -197,7 +144,7 @@ def test_another_clusters_keys_are_refused(client_for: Any, tmp_path: Path) -> N
 
 
 def test_a_foreign_member_key_with_the_right_server_key_is_refused(
-    client_for: Any, keys_dir: Path, tmp_path: Path, cluster: tuple[Daemon, Daemon]
+    client_for: Any, keys_dir: Path, tmp_path: Path, cluster: tuple[Any, Any]
 ) -> None:
     # Knows the cluster's public server key, but its own key is not authorised.
     folder = tmp_path / "intruder"
@@ -208,7 +155,7 @@ def test_a_foreign_member_key_with_the_right_server_key_is_refused(
 
 
 def test_add_then_revoke_a_member(
-    client_for: Any, keys_dir: Path, cluster: tuple[Daemon, Daemon]
+    client_for: Any, keys_dir: Path, cluster: tuple[Any, Any]
 ) -> None:
     bob = load_keys(add_member(keys_dir, "bob"))
     client = client_for(bob)
@@ -237,12 +184,12 @@ def _raw_dealer(ctx: zmq.Context[Any], keys: Keys, endpoint: str) -> zmq.Socket[
 
 
 def test_garbage_and_malformed_frames_are_dropped(
-    cluster: tuple[Daemon, Daemon], keys_dir: Path
+    cluster: tuple[Any, Any], keys_dir: Path
 ) -> None:
     # Not even ZeroMQ: raw bytes at both ports.
     for daemon in cluster:
         for junk in (os.urandom(4096), b"\xff" + b"\0" * 8 + b"\x7f" + os.urandom(64)):
-            with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as s:
+            with socket.create_connection(("127.0.0.1", port(daemon)), timeout=5) as s:
                 try:
                     s.sendall(junk)
                     s.recv(64)  # the daemon answers its greeting or hangs up
@@ -277,9 +224,7 @@ def test_garbage_and_malformed_frames_are_dropped(
     _assert_serving(cluster, keys_dir)
 
 
-def test_oversized_frames_are_dropped(
-    cluster: tuple[Daemon, Daemon], keys_dir: Path
-) -> None:
+def test_oversized_frames_are_dropped(cluster: tuple[Any, Any], keys_dir: Path) -> None:
     huge = b"\0" * (MAX_MB * 1024 * 1024 + 1)
     ctx = zmq.Context()
     try:
@@ -311,7 +256,7 @@ def _cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_status_with_keys(cluster: tuple[Daemon, Daemon], keys_dir: Path) -> None:
+def test_status_with_keys(cluster: tuple[Any, Any], keys_dir: Path) -> None:
     control = cluster[0].endpoint
     ok = _cli("status", "--control", control, "--keys", str(keys_dir))
     assert ok.returncode == 0, ok.stderr
