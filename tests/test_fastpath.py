@@ -211,12 +211,16 @@ def test_close_during_a_blocking_call(rt_client: Any) -> None:
             for node in rt_client.nodes:
                 assert client.run(square.target, square.options, (2,), addr=node) == 4
             assert len(client._local.link.socks) == 2
+            long_call.set()
             out.append(_stubs.run_remote(ref, (10.0,)))
         except BaseException as exc:  # noqa: B036 - handed to the test
             out.append(exc)
 
+    long_call = threading.Event()
     caller = threading.Thread(target=call, daemon=True)
     caller.start()
+    # Not while it is still in one of the short calls: then in the long one.
+    assert long_call.wait(10), out
     wait_until(lambda: _in_a_call(client), 5, "the call to wait")
     t0 = time.monotonic()
     client.close()
