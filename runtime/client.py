@@ -409,7 +409,12 @@ class Client:
             if self._closed:
                 raise ClusterError("the lucidity client is shut down")
             self._cmds.append(cmd)
-            self._wake_w.send(b"", zmq.NOBLOCK)
+            try:
+                self._wake_w.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                raise ClusterError(
+                    f"the lucidity client is shut down ({exc})"
+                ) from None
 
     def _new_job(
         self, target: str, options: JobOptions, args: Any, batch: str | None = None
@@ -867,7 +872,13 @@ class Client:
             stop = os.getpid() == self._pid and self._thread.is_alive()
             if stop:
                 self._cmds.append(("stop",))
-                self._wake_w.send(b"", zmq.NOBLOCK)
+                try:
+                    self._wake_w.send(b"", zmq.NOBLOCK)
+                except zmq.ZMQError as exc:
+                    # The I/O thread is already on its way out (its sockets
+                    # are closed): nothing to stop or wait for.
+                    log.warning("lucidity client: I/O thread already ending (%s)", exc)
+                    stop = False
         if stop:
             self._thread.join(timeout=5)
         if os.getpid() == self._pid:
