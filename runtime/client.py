@@ -894,6 +894,10 @@ class Client:
         self._ping_timer = self.loop.call_later(IDLE_PING_S, self._ping)
         try:
             self.loop.run()
+        except BaseException:
+            # Handlers' errors are caught in the loop: this is the loop itself.
+            log.exception("lucidity client: the I/O thread failed; failing every job")
+            raise
         finally:
             self._fail_all(ClusterError("the lucidity client shut down"))
             for watch in self._watches:
