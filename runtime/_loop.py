@@ -12,12 +12,12 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 import zmq
 
-__all__ = ["EventLoop", "messages"]
+__all__ = ["EventLoop", "messages", "recv_frames", "send_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,8 @@ Handler = Callable[[], None]
 # Plain ints: pyzmq's flag enums cost an enum operation per use (hot path).
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
 
 
 class EventLoop:
@@ -97,13 +99,41 @@ class EventLoop:
 
 
 def messages(sock: zmq.Socket[Any], copy: bool = True) -> Iterator[list[Any]]:
-    """Every message waiting on `sock` now, without blocking.
+    """Every message waiting on `sock` now, without blocking (as `zmq.Frame`s
+    unless `copy`).
 
     Asks the socket (ZMQ_EVENTS) instead of receiving until zmq.Again: an
     exception per wake-up costs more than the message it ends.
     """
     while cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
         try:
-            yield sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+            if copy:
+                yield sock.recv_multipart(zmq.NOBLOCK)
+            else:
+                yield recv_frames(sock, _NOBLOCK)
         except zmq.Again:
             return
+
+
+# pyzmq's send_multipart/recv_multipart do flag-enum arithmetic and checks
+# per frame: about 4 us a message against under 2 us for these (the hot path
+# of every job goes through them about eight times).
+
+
+def send_frames(sock: zmq.Socket[Any], frames: Sequence[Any], flags: int = 0) -> None:
+    """`sock.send_multipart(frames, flags, copy=False)`, cheaper. Small
+    frames are copied by pyzmq anyway; large ones go without a copy."""
+    last = len(frames) - 1
+    more = flags | _SNDMORE
+    for i, frame in enumerate(frames):
+        sock.send(frame, more if i < last else flags, copy=False)
+
+
+def recv_frames(sock: zmq.Socket[Any], flags: int = 0) -> list[zmq.Frame]:
+    """`sock.recv_multipart(flags, copy=False)`, cheaper."""
+    frame = sock.recv(flags, copy=False)
+    frames = [frame]
+    while frame.more:  # the parts of a message arrive together
+        frame = sock.recv(flags, copy=False)
+        frames.append(frame)
+    return frames

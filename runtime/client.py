@@ -32,7 +32,7 @@ import zmq
 
 from lucidity import _shm
 from lucidity import protocol as p
-from lucidity._loop import EventLoop, messages
+from lucidity._loop import EventLoop, messages, send_frames
 from lucidity._options import JobOptions
 from lucidity.bundle import Bundle, build_bundle
 from lucidity.errors import (
@@ -614,7 +614,7 @@ class Client:
         job = pending.job
         try:
             sock, poller = self._link_sock(link, addr)
-            sock.send_multipart(pending.frames, zmq.NOBLOCK, copy=False)
+            send_frames(sock, pending.frames, zmq.NOBLOCK)
         except zmq.ZMQError:
             # Not sent: the I/O thread sends it (or, closing, `_post` says so).
             return ("submit", pending)
@@ -919,7 +919,7 @@ class Client:
         self._parked.clear()
 
     def _on_wake(self) -> None:
-        for _ in messages(self._wake_r):
+        for _ in messages(self._wake_r, copy=False):
             pass
         while self._cmds:
             cmd = self._cmds.popleft()
@@ -991,7 +991,7 @@ class Client:
                 pending.options.timeout, lambda: self._on_timeout(pending)
             )
         try:
-            self._sock(addr).send_multipart(pending.frames, copy=False)
+            send_frames(self._sock(addr), pending.frames)
         except zmq.ZMQError as exc:
             self._inflight.pop(pending.job.job_id, None)
             self._finish(pending)

@@ -31,7 +31,7 @@ import zmq
 from lucidity import _shm
 from lucidity import protocol as p
 from lucidity._daemon import announce, bind, install_stop, watch_parent
-from lucidity._loop import EventLoop, messages
+from lucidity._loop import EventLoop, messages, send_frames
 from lucidity.errors import ClusterError, WorkerLostError
 from lucidity.security import (
     DEFAULT_MAX_MESSAGE_MB,
@@ -491,7 +491,7 @@ class NodeDaemon:
                 w.bundle = bundle
                 run["bundle_path"] = str(self._bundle_path(bundle))
             head = p.encode(p.MsgType.RUN, run)
-            self.back.send_multipart([w.wid, head, *task.payload], copy=False)
+            send_frames(self.back, [w.wid, head, *task.payload])
 
     def _trim(self) -> None:
         """Let go of extra workers (started while others were blocked) once
@@ -709,7 +709,7 @@ class NodeDaemon:
         """Send a result; while its client is unreachable (reconnecting), try
         again every async_set_retry_interval_ms until the client is reaped."""
         try:
-            self.front.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            send_frames(self.front, frames, zmq.NOBLOCK)
             return
         except zmq.ZMQError as exc:
             if task.client not in self.client_seen:

@@ -25,6 +25,7 @@ import zmq
 
 from lucidity import _shm
 from lucidity import protocol as p
+from lucidity._loop import recv_frames, send_frames
 from lucidity.errors import FuelExhaustedError, MemoryLimitError
 from lucidity.handle import set_blocking_hooks, set_job_depth
 
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     set_blocking_hooks((hooks.blocked, hooks.unblocked))
     sock.send(p.encode(p.MsgType.READY, {"pid": os.getpid()}))
     while True:
-        frames = sock.recv_multipart(copy=False)
+        frames = recv_frames(sock)
         try:
             msg = p.decode(frames[0].buffer)
         except p.FrameError as exc:
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         ok, out, retire = _run(msg.header, [f.buffer for f in frames[1:]])
         done = {"key": msg.header.get("key"), "ok": ok, "retire": retire}
         with lock:
-            sock.send_multipart([p.encode(p.MsgType.DONE, done), *out], copy=False)
+            send_frames(sock, [p.encode(p.MsgType.DONE, done), *out])
         if retire:
             # After a limit hit the heap's state is unknown: a fresh worker
             # takes this one's place.
