@@ -310,6 +310,9 @@ class Client:
         self._wake_r.bind(wake)
         self._wake_w.connect(wake)
         self._wake_lock = threading.Lock()
+        # A wake-up was sent and the I/O thread has not read the queue since:
+        # back-to-back submissions (a parent's children) share one.
+        self._woken = False
         self._cmds: collections.deque[tuple[Any, ...]] = collections.deque()
         self._cond = threading.Condition()
         self._nodes: list[dict[str, Any]] = []
@@ -409,6 +412,9 @@ class Client:
             if self._closed:
                 raise ClusterError("the lucidity client is shut down")
             self._cmds.append(cmd)
+            if self._woken:
+                return  # a wake-up is on its way and the queue not yet read
+            self._woken = True
             try:
                 self._wake_w.send(b"", zmq.NOBLOCK)
             except zmq.ZMQError as exc:
@@ -921,6 +927,9 @@ class Client:
     def _on_wake(self) -> None:
         for _ in messages(self._wake_r, copy=False):
             pass
+        # Before reading the queue: a command queued from now on wakes us
+        # again; one queued before is read below.
+        self._woken = False
         while self._cmds:
             cmd = self._cmds.popleft()
             kind = cmd[0]

@@ -63,6 +63,10 @@ def _watch_stdin() -> None:
     os._exit(0)
 
 
+_BLOCKED = p.encode(p.MsgType.BLOCKED)
+_UNBLOCKED = p.encode(p.MsgType.UNBLOCKED)
+
+
 class _Blocking:
     """Counts user threads blocked on child jobs; tells the node at 0<->1."""
 
@@ -75,13 +79,13 @@ class _Blocking:
         with self.lock:
             self.depth += 1
             if self.depth == 1:
-                self.sock.send(p.encode(p.MsgType.BLOCKED))
+                self.sock.send(_BLOCKED)
 
     def unblocked(self) -> None:
         with self.lock:
             self.depth -= 1
             if self.depth == 0:
-                self.sock.send(p.encode(p.MsgType.UNBLOCKED))
+                self.sock.send(_UNBLOCKED)
 
 
 def _proc_status_kb(*fields: str) -> dict[str, int]:
