@@ -513,12 +513,25 @@ class Client:
         `batch` ("tuples" or "single") `args` is a fanout chunk: a list of
         argument tuples, or of lone arguments.
         """
+        pending = self._pending(target, options, args, local, addr, blocking, batch)
+        self._post(("submit", pending))
+        return pending.job
+
+    def _pending(
+        self,
+        target: str,
+        options: JobOptions,
+        args: Any,
+        local: bool,
+        addr: str | None,
+        blocking: bool,
+        batch: str | None = None,
+    ) -> _Pending:
+        """A new job's record, its frames built (`submit` and `run`)."""
         job, frames, same_host = self._new_job(target, options, args, batch)
         if local:
             addr = self.local_node()
-        pending = _Pending(job, frames, options, local, addr, blocking, same_host)
-        self._post(("submit", pending))
-        return job
+        return _Pending(job, frames, options, local, addr, blocking, same_host)
 
     # ---- the fast path of blocking calls ------------------------------------
 
@@ -538,14 +551,11 @@ class Client:
         to the I/O thread and being woken by it. Anything but a plain ending
         is handed to the I/O thread, which carries on as with a submission.
         """
-        job, frames, same_host = self._new_job(target, options, args)
-        if local:
-            addr = self.local_node()
-        pending = _Pending(job, frames, options, local, addr, True, same_host)
+        pending = self._pending(target, options, args, local, addr, blocking=True)
         handover = self._run_inline(pending)
         if handover is not None:
             self._post(handover)
-        return job.result()
+        return pending.job.result()
 
     def _run_inline(self, pending: _Pending) -> tuple[Any, ...] | None:
         """Run `pending` from the calling thread: None once its job is done,

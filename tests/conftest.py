@@ -27,24 +27,20 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+import waits
 
 APP_NAME = "lucidity_rtapp"
 APPS = Path(__file__).parent / "apps"
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
 GONE_TIMEOUT_S = 10.0
-
-T = TypeVar("T")
 
 
 # ---- processes, seen through /proc ------------------------------------------
@@ -129,27 +125,25 @@ def procs() -> type[Procs]:
     return Procs
 
 
-def run_bounded(fn: Callable[[], T], timeout: float) -> T:
-    """Run a blocking call in a daemon thread; fail the test if it overruns."""
-    fut: Future[T] = Future()
-
-    def target() -> None:
-        try:
-            fut.set_result(fn())
-        except BaseException as exc:  # noqa: B036 - handed to the test
-            fut.set_exception(exc)
-
-    threading.Thread(target=target, daemon=True, name="bounded-call").start()
-    # Not `except TimeoutError` around result(): a job's JobTimeoutError is one.
-    done, _ = futures.wait([fut], timeout)
-    if not done:
-        pytest.fail(f"{fn!r} did not finish within {timeout} s (deadlock?)")
-    return fut.result()
-
-
 @pytest.fixture(scope="session")
 def bounded() -> Callable[[Callable[[], Any], float], Any]:
-    return run_bounded
+    return waits.bounded
+
+
+@pytest.fixture
+def app(rt_client: Any) -> Any:
+    """The test app's generated stubs (`work_jobs`), on `rt_client`'s cluster."""
+    from lucidity_rtapp import work_jobs
+
+    return work_jobs
+
+
+@pytest.fixture
+def work(rt_client: Any) -> Any:
+    """The test app's own module (its jobs and error types)."""
+    from lucidity_rtapp import work
+
+    return work
 
 
 # ---- daemons ------------------------------------------------------------------

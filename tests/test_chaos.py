@@ -20,26 +20,21 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from concurrent import futures
-from concurrent.futures import Future
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import zmq
-from waits import wait_until
+from waits import bounded, in_thread, wait_until
 
 import lucidity
 from lucidity import _stubs
 from lucidity import protocol as p
 from lucidity.errors import WorkerLostError
-
-T = TypeVar("T")
 
 APP = "chaosapp"
 READY_S = 15.0
@@ -137,29 +132,6 @@ def ref(name: str, **options: Any) -> _stubs.JobRef[Any]:
 
 
 # ---- helpers ----------------------------------------------------------------------
-
-
-def in_thread(fn: Callable[[], T]) -> Future[T]:
-    """Run a blocking call in a daemon thread; wait on it with a timeout."""
-    fut: Future[T] = Future()
-
-    def target() -> None:
-        try:
-            fut.set_result(fn())
-        except BaseException as exc:  # noqa: B036 - handed to the test
-            fut.set_exception(exc)
-
-    threading.Thread(target=target, daemon=True, name="chaos-call").start()
-    return fut
-
-
-def bounded(fn: Callable[[], T], timeout: float) -> T:
-    fut = in_thread(fn)
-    # Not `except TimeoutError`: JobTimeoutError is one, and is a job's result.
-    done, _ = futures.wait([fut], timeout)
-    if not done:
-        pytest.fail(f"{fn!r} did not finish within {timeout} s")
-    return fut.result()
 
 
 def free_port() -> int:

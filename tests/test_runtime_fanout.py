@@ -14,13 +14,6 @@ from lucidity.errors import FuelExhaustedError, RemoteTraceback
 
 
 @pytest.fixture
-def app(rt_client: Any) -> Any:
-    from lucidity_rtapp import work_jobs
-
-    return work_jobs
-
-
-@pytest.fixture
 def chunks(rt_client: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The size of every message a fanout sends (1 for a one-item job)."""
     client = get_client()

@@ -17,20 +17,6 @@ from lucidity.errors import FuelExhaustedError, MemoryLimitError
 WAIT_S = 20.0
 
 
-@pytest.fixture
-def app(rt_client: Any) -> Any:
-    from lucidity_rtapp import work_jobs
-
-    return work_jobs
-
-
-@pytest.fixture
-def work(rt_client: Any) -> Any:
-    from lucidity_rtapp import work
-
-    return work
-
-
 def _still_serving(app: Any, rt_client: Any) -> None:
     rows = app.where_remote_fanout(range(4))
     assert {r[3] for r in rows} == set(rt_client.node_ids.values())

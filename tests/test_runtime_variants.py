@@ -22,20 +22,6 @@ from lucidity.errors import RemoteTraceback, WorkerLostError
 WAIT_S = 20.0
 
 
-@pytest.fixture
-def app(rt_client: Any) -> Any:
-    from lucidity_rtapp import work_jobs
-
-    return work_jobs
-
-
-@pytest.fixture
-def work(rt_client: Any) -> Any:
-    from lucidity_rtapp import work
-
-    return work
-
-
 # ---- the five variants ------------------------------------------------------
 
 
