@@ -56,11 +56,7 @@ class Engine:
             seen.add(pickle.loads(self.sock.recv_multipart()[2])[1])
 
     def teardown(self) -> None:
-        try:
-            self.sock.close(0)
-            self.ctx.term()
-        finally:
-            zmq_procs.stop_all(self.procs)
+        zmq_procs.teardown(self.sock, self.ctx, self.procs)
 
     def _send_pickle(self, jid: int, fn: Any, args: tuple[Any, ...]) -> None:
         self.sock.send_multipart([b"", b"p", pickle.dumps((jid, fn, args), protocol=5)])

@@ -38,11 +38,7 @@ class Engine:
         self.sock.connect(addr)
 
     def teardown(self) -> None:
-        try:
-            self.sock.close(0)
-            self.ctx.term()
-        finally:
-            zmq_procs.stop_all(self.procs)
+        zmq_procs.teardown(self.sock, self.ctx, self.procs)
 
     def _rt16(self, x: int) -> int:
         self.sock.send_multipart([b"s", PAIR.pack(x, x)])

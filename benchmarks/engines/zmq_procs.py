@@ -76,3 +76,12 @@ def stop_all(procs: list[mp.Process]) -> None:
         if proc.pid is not None:
             kill_tree(proc.pid, grace=1.0)
         proc.join(2)
+
+
+def teardown(sock: Any, ctx: Any, procs: list[mp.Process]) -> None:
+    """Close the engine's socket and context, then stop its processes."""
+    try:
+        sock.close(0)
+        ctx.term()
+    finally:
+        stop_all(procs)
