@@ -78,8 +78,10 @@ FANOUT_WINDOW_PER_SLOT = 4
 # A fanout chunk is sized to run about this long on a worker: long enough that
 # the cost of a message (~0.1-0.5 ms) is noise, short enough to balance nodes.
 CHUNK_TARGET_S = 0.02
-# ...and never more items than this in one message.
+# ...and never more items than this in one message; fewer than
+# CHUNK_MIN_ITEMS go one per message (a small fanout stays round-robin).
 CHUNK_MAX_ITEMS = 8192
+CHUNK_MIN_ITEMS = 4
 
 _PING = p.encode(p.MsgType.PING)
 
@@ -130,7 +132,9 @@ class _ChunkSizer:
         size = int(CHUNK_TARGET_S / max(self.per_item_s, 1e-9))
         if left is not None:
             size = min(size, -(-left // (2 * slots)))
-        return max(1, min(size, CHUNK_MAX_ITEMS))
+        if size < CHUNK_MIN_ITEMS:
+            return 1  # a chunk of 2 or 3 saves little and costs the spread
+        return min(size, CHUNK_MAX_ITEMS)
 
 
 class _Pending:
