@@ -192,6 +192,7 @@ class NodeDaemon:
         self.awaiting: dict[str, list[Task]] = {}
         # Bundles in the cache whose bytes this node has checked against their hash.
         self.verified: set[str] = set()
+        self._bundle_strs: dict[str, str] = {}
         self._dir = tempfile.mkdtemp(prefix="lucidity-node-")
         os.chmod(self._dir, 0o700)
         # Where this node's workers put large results for same-host clients;
@@ -449,6 +450,8 @@ class NodeDaemon:
         self._trim()
 
     def _dispatch(self) -> None:
+        if not self.queue:
+            return
         running = self._running()
         while True:
             task = self.queue.next_eligible(self.slots, running, self._blocked_depths())
@@ -489,7 +492,7 @@ class NodeDaemon:
                 run["batch"] = task.header["batch"]
             if bundle is not None:
                 w.bundle = bundle
-                run["bundle_path"] = str(self._bundle_path(bundle))
+                run["bundle_path"] = self._bundle_str(bundle)
             head = p.encode(p.MsgType.RUN, run)
             send_frames(self.back, [w.wid, head, *task.payload])
 
@@ -497,7 +500,11 @@ class NodeDaemon:
         """Let go of extra workers (started while others were blocked) once
         they have stayed surplus for SPARE_IDLE_S: nested jobs come in waves,
         and starting a worker costs far more than keeping one."""
-        if self._trim_timer is None and self._surplus() > 0:
+        if (
+            self._trim_timer is None
+            and len(self.workers) > self.slots
+            and self._surplus() > 0
+        ):
             self._trim_timer = self.loop.call_later(SPARE_IDLE_S, self._trim_now)
 
     def _surplus(self) -> int:
@@ -522,6 +529,12 @@ class NodeDaemon:
 
     def _bundle_path(self, digest: str) -> Path:
         return self.cache_dir / f"{digest}.zip"
+
+    def _bundle_str(self, digest: str) -> str:
+        path = self._bundle_strs.get(digest)
+        if path is None:
+            path = self._bundle_strs[digest] = str(self._bundle_path(digest))
+        return path
 
     # ---- clients ---------------------------------------------------------
 

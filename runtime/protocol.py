@@ -88,9 +88,17 @@ class Message:
     header: dict[str, Any]
 
 
+# Made once: `json.dumps(..., separators=...)` builds an encoder per call,
+# and `json.loads(bytes)` sniffs the encoding first (headers are on every
+# hop of every job).
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+_decode_json = json.JSONDecoder().decode
+# The first four bytes of a header, by type.
+_PREFIX = {t: MAGIC + bytes((VERSION, int(t))) for t in MsgType}
+
+
 def encode(msg_type: MsgType, header: dict[str, Any] | None = None) -> bytes:
-    body = json.dumps(header or {}, separators=(",", ":")).encode()
-    return MAGIC + bytes((VERSION, int(msg_type))) + body
+    return _PREFIX[msg_type] + _encode_json(header or {}).encode()
 
 
 def decode(frame: bytes | memoryview) -> Message:
@@ -106,7 +114,7 @@ def decode(frame: bytes | memoryview) -> Message:
     if msg_type is None:
         raise FrameError(f"unknown message type {data[3]}")
     try:
-        header = json.loads(data[4:]) if len(data) > 4 else {}
+        header = _decode_json(data[4:].decode()) if len(data) > 4 else {}
     except (ValueError, RecursionError) as exc:  # bad UTF-8, JSON, huge ints, nesting
         raise FrameError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
