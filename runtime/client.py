@@ -343,6 +343,9 @@ class Client:
         self._shm_own = _shm.OwnFiles(str(os.getpid()), _shm.node_dir_from_env())
         self._shm_dirs: dict[str, bool] = {}
         self._shm_names: frozenset[str] = frozenset()
+        # (node list, whether every node in it shares this host's shared
+        # memory): worked out once per change of the list, not per job.
+        self._shm_all: tuple[list[dict[str, Any]], bool] = ([], False)
         self._ids = itertools.count(1)
         self._rr = itertools.count()
         # The fast path of blocking calls (`run`): each caller thread's own
@@ -464,7 +467,11 @@ class Client:
         a retry re-sends the same descriptors.
         """
         nodes = self._nodes
-        if not nodes or any(self._shm_node_dir(n) is None for n in nodes):
+        known, shared = self._shm_all
+        if known is not nodes:
+            shared = bool(nodes) and all(self._shm_node_dir(n) for n in nodes)
+            self._shm_all = (nodes, shared)
+        if not shared:
             return p.dumps_payload(args), False
         out = _shm.Outbound(self._shm_own.directory, "a", reply=True)
         frames = p.dumps_payload(args, out)
@@ -665,7 +672,7 @@ class Client:
                         payload = [f.buffer for f in frames[1:]]
                         if result[0] != job.job_id:
                             # An earlier job's, handed over to the I/O thread.
-                            p.discard_payload(payload, self._shm_inbound())
+                            p.discard_payload(payload, self._shm_inbound)
                             continue
                         outcome = self._outcome(result[1], payload, addr)
                         if outcome.final(pending):
@@ -1130,7 +1137,7 @@ class Client:
             payload = [f.buffer for f in frames[1:]]
             if pending is None or pending.job.done():
                 self._inflight.pop(job_id, None)
-                p.discard_payload(payload, self._shm_inbound())
+                p.discard_payload(payload, self._shm_inbound)
                 continue
             self._settle(pending, self._outcome(header, payload, addr))
 
@@ -1161,7 +1168,7 @@ class Client:
         node = str(header.get("node", addr))
         if header.get("ok"):
             try:
-                return _Outcome(value=p.loads_payload(payload, self._shm_inbound()))
+                return _Outcome(value=p.loads_payload(payload, self._shm_inbound))
             except _shm.ShmError as exc:
                 # The result's file is gone (its node stopped meanwhile) or
                 # is not what it claims: as good as a lost worker.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
@@ -46,18 +46,30 @@ def child_depth() -> int | None:
     return None if _job_depth is None else _job_depth + 1
 
 
-@contextlib.contextmanager
-def blocking() -> Iterator[None]:
+class _Wait:
+    """A wait of user code on child jobs, between its worker's hooks."""
+
+    __slots__ = ("hooks",)
+
+    def __init__(self, hooks: tuple[Callable[[], None], Callable[[], None]]) -> None:
+        self.hooks = hooks
+
+    def __enter__(self) -> None:
+        self.hooks[0]()
+
+    def __exit__(self, *exc: object) -> None:
+        self.hooks[1]()
+
+
+# Outside a worker: nothing to tell (and no generator-based context manager
+# on the path of every blocking call).
+_NO_HOOKS = contextlib.nullcontext()
+
+
+def blocking() -> contextlib.AbstractContextManager[None]:
     """Mark a wait of user code on child jobs (lends the worker's slot out)."""
     hooks = _blocking_hooks
-    if hooks is None:
-        yield
-        return
-    hooks[0]()
-    try:
-        yield
-    finally:
-        hooks[1]()
+    return _NO_HOOKS if hooks is None else _Wait(hooks)
 
 
 class Job(Future, Generic[T]):  # type: ignore[type-arg]

@@ -18,9 +18,9 @@ import json
 import logging
 import pickle
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from lucidity import _shm
 
@@ -148,7 +148,18 @@ def dumps_payload(obj: object, shm: _shm.Outbound | None = None) -> list[Any]:
     return [_manifest(shm.reply, placed), *frames]
 
 
-def loads_payload(frames: Sequence[Any], shm: _shm.Inbound | None = None) -> Any:
+# An Inbound, or what makes one when a payload turns out to hold descriptors
+# (most payloads do not: no object made per result).
+InboundLike: TypeAlias = "_shm.Inbound | Callable[[], _shm.Inbound] | None"
+
+
+def _inbound(shm: InboundLike) -> _shm.Inbound:
+    if shm is None:
+        return _shm.Inbound()
+    return shm if isinstance(shm, _shm.Inbound) else shm()
+
+
+def loads_payload(frames: Sequence[Any], shm: InboundLike = None) -> Any:
     """Unpickle a payload; descriptors are mapped as `shm` says (by default
     read-only, from any private lucidity directory: a job's arguments)."""
     return _loads(frames, shm)[0]
@@ -168,15 +179,16 @@ def loads_request(frames: Sequence[Any]) -> tuple[Any, _shm.Outbound | None]:
     return args, _shm.Outbound(lambda: directory, "r", echo=inbound)
 
 
-def discard_payload(frames: Sequence[Any], shm: _shm.Inbound) -> None:
+def discard_payload(frames: Sequence[Any], shm: InboundLike) -> None:
     """Drop a payload unread: unlink the shared-memory files it hands over."""
     try:
         manifest = _manifest_of(frames)
     except FrameError:
         return
-    if manifest is not None:
+    if manifest is not None and manifest["shm"]:
+        inbound = _inbound(shm)
         for index in manifest["shm"]:
-            shm.discard(frames[2 + index])
+            inbound.discard(frames[2 + index])
 
 
 # A payload that uses shared memory starts with this frame (a pickle starts
@@ -237,7 +249,7 @@ _bare_parsed: dict[bytes, dict[str, Any]] = {}
 
 
 def _loads(
-    frames: Sequence[Any], shm: _shm.Inbound | None
+    frames: Sequence[Any], shm: InboundLike
 ) -> tuple[Any, dict[str, Any] | None]:
     manifest = _manifest_of(frames)
     if manifest is None:
@@ -245,7 +257,7 @@ def _loads(
     buffers: list[Any] = list(frames[2:])
     placed: list[int] = manifest["shm"]
     if placed:
-        inbound = shm if shm is not None else _shm.Inbound()
+        inbound = _inbound(shm)
         if manifest.get("host") != _shm.boot_id():
             raise _shm.ShmError("shm descriptors from another host")
         for n, index in enumerate(placed):

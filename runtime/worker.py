@@ -193,10 +193,13 @@ def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], b
         batch = header.get("batch")
         if batch is not None:
             return _run_batch(func, args, batch == "single", limits, reply)
-        with limits:
-            result = func(*args)
-        if limits.hit is not None:  # the job swallowed the limit's exception
-            raise limits.hit
+        if limits.memory is None and limits.fuel is None:
+            result = func(*args)  # nothing to arm (most jobs)
+        else:
+            with limits:
+                result = func(*args)
+            if limits.hit is not None:  # the job swallowed the limit's exception
+                raise limits.hit
         return True, p.dumps_payload(result, reply), False
     except BaseException as exc:  # noqa: B036 - even SystemExit is the job's result
         frames, retire = _failure(exc, limits)
