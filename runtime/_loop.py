@@ -13,7 +13,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, cast
+from typing import Any
 
 import zmq
 
@@ -105,7 +105,7 @@ def messages(sock: zmq.Socket[Any], copy: bool = True) -> Iterator[list[Any]]:
     Asks the socket (ZMQ_EVENTS) instead of receiving until zmq.Again: an
     exception per wake-up costs more than the message it ends.
     """
-    while cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+    while sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
         try:
             if copy:
                 yield sock.recv_multipart(zmq.NOBLOCK)

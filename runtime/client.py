@@ -1355,10 +1355,23 @@ def connect(address: str, keys: str | os.PathLike[str] | None = None) -> None:
     _reset()
 
 
+# This process's id, kept current across fork: os.getpid() is a system call,
+# and get_client() runs on every call of a generated function.
+_my_pid = os.getpid()
+
+
+def _after_fork() -> None:
+    global _my_pid
+    _my_pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def get_client() -> Client:
     global _client, _cluster, _atexit_registered
     client = _client
-    if client is not None and client._pid == os.getpid() and not client._closed:
+    if client is not None and client._pid == _my_pid and not client._closed:
         return client
     with _lock:
         if _client is not None and _client._pid == os.getpid() and not _client._closed:

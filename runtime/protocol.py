@@ -19,8 +19,7 @@ import logging
 import pickle
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 from lucidity import _shm
 
@@ -82,8 +81,9 @@ class FrameError(ValueError):
     """A message that is malformed, truncated, oversized or of another version."""
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
+    # A tuple, not a frozen dataclass: made for every message, and a frozen
+    # dataclass's __init__ goes through object.__setattr__ per field.
     type: MsgType
     header: dict[str, Any]
 
@@ -92,7 +92,7 @@ class Message:
 # and `json.loads(bytes)` sniffs the encoding first (headers are on every
 # hop of every job).
 _encode_json = json.JSONEncoder(separators=(",", ":")).encode
-_decode_json = json.JSONDecoder().decode
+_raw_decode_json = json.JSONDecoder().raw_decode
 # The first four bytes of a header, by type.
 _PREFIX = {t: MAGIC + bytes((VERSION, int(t))) for t in MsgType}
 
@@ -114,7 +114,14 @@ def decode(frame: bytes | memoryview) -> Message:
     if msg_type is None:
         raise FrameError(f"unknown message type {data[3]}")
     try:
-        header = _decode_json(data[4:].decode()) if len(data) > 4 else {}
+        header: object = {}
+        if len(data) > 4:
+            text = data[4:].decode()
+            # Not `decode`: it matches whitespace around the value with a
+            # regex, twice; our encoder writes none, so none is accepted.
+            header, end = _raw_decode_json(text)
+            if end != len(text):
+                raise ValueError(f"extra data at {end}")
     except (ValueError, RecursionError) as exc:  # bad UTF-8, JSON, huge ints, nesting
         raise FrameError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
