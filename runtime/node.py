@@ -453,7 +453,7 @@ class NodeDaemon:
         if not self.queue:
             return
         running = self._running()
-        while True:
+        while self.queue:
             task = self.queue.next_eligible(self.slots, running, self._blocked_depths())
             if task is None:
                 return
