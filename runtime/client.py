@@ -25,7 +25,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable, Sized
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 import zmq
@@ -224,12 +224,13 @@ class _Outcome:
         )
 
     def complete(self, job: Job[Any]) -> None:
-        if job.done():
-            return  # cancelled meanwhile
-        if self.error is not None:
-            job.set_exception(self.error)
-        else:
-            job.set_result(self.value)
+        try:
+            if self.error is not None:
+                job.set_exception(self.error)
+            else:
+                job.set_result(self.value)
+        except InvalidStateError:
+            pass  # cancelled meanwhile
 
 
 def _close_sockets(

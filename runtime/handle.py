@@ -89,7 +89,7 @@ class Job(Future, Generic[T]):  # type: ignore[type-arg]
         return base.replace("Job at", f"Job {self.target} #{self.job_id} at", 1)
 
     def result(self, timeout: float | None = None) -> T:
-        if not self.done() and _blocking_hooks is not None:
+        if _blocking_hooks is not None and not self.done():
             with blocking():
                 return super().result(timeout)  # type: ignore[no-any-return]
         return super().result(timeout)  # type: ignore[no-any-return]
