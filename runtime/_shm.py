@@ -471,24 +471,21 @@ class Outbound:
     """Where the large buffers of one payload may go.
 
     `directory()` gives the directory for new files (None: no shm, use
-    frames); `reply` asks the receiver to answer through shm too; `echo`
-    lists buffers this process mapped from descriptors, which are sent back
+    frames); `echo` lists buffers this process mapped from descriptors, which are sent back
     as the same descriptor when a result is that very memory. Files written
     are listed in `written`: the caller owns them.
     """
 
-    __slots__ = ("directory", "prefix", "reply", "echo", "written")
+    __slots__ = ("directory", "prefix", "echo", "written")
 
     def __init__(
         self,
         directory: Callable[[], str | None],
         prefix: str,
-        reply: bool = False,
         echo: Inbound | None = None,
     ) -> None:
         self.directory = directory
         self.prefix = prefix
-        self.reply = reply
         # The Inbound, not just its list: it keeps those mappings alive, so
         # their addresses cannot be reused by another buffer meanwhile.
         self.echo = echo

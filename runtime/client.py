@@ -453,13 +453,16 @@ class Client:
             header["memory"] = options.memory
         if options.fuel is not None:
             header["fuel"] = options.fuel
-        payload, same_host = self._dumps_args(job, args)
+        payload, shared, same_host = self._dumps_args(job, args)
+        if shared:
+            header["shm"] = 1  # answer through shared memory too
         return job, [p.encode(p.MsgType.SUBMIT, header), *payload], same_host
 
     # ---- same-host shared memory (lucidity._shm) ---------------------------
 
-    def _dumps_args(self, job: Job[Any], args: Any) -> tuple[list[Any], bool]:
-        """The payload of `job`'s arguments.
+    def _dumps_args(self, job: Job[Any], args: Any) -> tuple[list[Any], bool, bool]:
+        """The payload of `job`'s arguments, whether every node shares this
+        host, and whether the payload holds shared-memory descriptors.
 
         When every node shares this host, large buffers go through shared
         memory and the worker is asked to answer the same way. Nodes are
@@ -473,14 +476,14 @@ class Client:
             shared = bool(nodes) and all(self._shm_node_dir(n) for n in nodes)
             self._shm_all = (nodes, shared)
         if not shared:
-            return p.dumps_payload(args), False
-        out = _shm.Outbound(self._shm_own.directory, "a", reply=True)
+            return p.dumps_payload(args), False, False
+        out = _shm.Outbound(self._shm_own.directory, "a")
         frames = p.dumps_payload(args, out)
         if out.written:
             files = out.written
             self._shm_own.adopt(files)
             job.add_done_callback(lambda _: self._shm_own.release(files))
-        return frames, bool(out.written)
+        return frames, True, bool(out.written)
 
     def _shm_node_dir(self, node: dict[str, Any]) -> str | None:
         """`node`'s shared-memory directory, if it is on this host (same boot

@@ -490,7 +490,10 @@ class NodeDaemon:
                     run[limit] = int(task.header[limit])
             if task.header.get("batch") in ("tuples", "single"):
                 run["batch"] = task.header["batch"]
-            if bundle is not None:
+            if task.header.get("shm"):
+                run["shm"] = 1  # the caller takes results through shared memory
+            if bundle is not None and w.bundle != bundle:
+                # Once per worker: it keeps its one bundle on its path.
                 w.bundle = bundle
                 run["bundle_path"] = self._bundle_str(bundle)
             head = p.encode(p.MsgType.RUN, run)
@@ -570,8 +573,10 @@ class NodeDaemon:
         if not payload:
             raise ValueError("no payload")
         bundle = header.get("bundle")
-        if bundle is not None and not (
-            isinstance(bundle, str) and _DIGEST.fullmatch(bundle)
+        if (
+            bundle is not None
+            and bundle not in self.verified  # checked already
+            and not (isinstance(bundle, str) and _DIGEST.fullmatch(bundle))
         ):
             raise ValueError(f"bad bundle digest {bundle!r}")
         depth = header.get("depth", 0)

@@ -150,9 +150,9 @@ def dumps_payload(obj: object, shm: _shm.Outbound | None = None) -> list[Any]:
         else:
             frames.append(desc)
             placed.append(index)
-    if not placed and not shm.reply:
+    if not placed:
         return frames
-    return [_manifest(shm.reply, placed), *frames]
+    return [_manifest(placed), *frames]
 
 
 # An Inbound, or what makes one when a payload turns out to hold descriptors
@@ -172,16 +172,17 @@ def loads_payload(frames: Sequence[Any], shm: InboundLike = None) -> Any:
     return _loads(frames, shm)[0]
 
 
-def loads_request(frames: Sequence[Any]) -> tuple[Any, _shm.Outbound | None]:
+def loads_request(
+    frames: Sequence[Any], reply: bool = False
+) -> tuple[Any, _shm.Outbound | None]:
     """A worker's side of a job: its arguments, and how to send its result
-    (None: as frames; else through the node's shared-memory directory, an
+    (None: as frames; else, when the caller asked for it with `reply` (the
+    job's "shm" header), through the node's shared-memory directory, an
     echoed argument pointing back at the caller's file)."""
     inbound = _shm.Inbound()
-    args, manifest = _loads(frames, inbound)
-    if manifest is None or not manifest.get("reply"):
-        return args, None
-    directory = _shm.node_dir_from_env()
-    if directory is None or manifest.get("host") != _shm.boot_id():
+    args, _ = _loads(frames, inbound)
+    directory = _shm.node_dir_from_env() if reply else None
+    if directory is None:
         return args, None
     return args, _shm.Outbound(lambda: directory, "r", echo=inbound)
 
@@ -198,25 +199,14 @@ def discard_payload(frames: Sequence[Any], shm: InboundLike) -> None:
             inbound.discard(frames[2 + index])
 
 
-# A payload that uses shared memory starts with this frame (a pickle starts
-# with PROTO, 0x80): {"host": boot id, "reply": 0/1, "shm": [buffer index, ...]}.
+# A payload with buffers in shared memory starts with this frame (a pickle
+# starts with PROTO, 0x80): {"host": boot id, "shm": [buffer index, ...]}.
 MANIFEST = b"LS\x01"
 
 
-def _manifest(reply: bool, placed: list[int]) -> bytes:
-    if not placed:
-        # A job's usual manifest: no buffer in shm, "answer through shm".
-        frame = _bare_manifests.get(reply)
-        if frame is not None:
-            return frame
-    body = {"host": _shm.boot_id(), "reply": int(reply), "shm": placed}
-    frame = MANIFEST + json.dumps(body, separators=(",", ":")).encode()
-    if not placed:
-        _bare_manifests[reply] = frame
-    return frame
-
-
-_bare_manifests: dict[bool, bytes] = {}
+def _manifest(placed: list[int]) -> bytes:
+    body = {"host": _shm.boot_id(), "shm": placed}
+    return MANIFEST + _encode_json(body).encode()
 
 
 def _manifest_of(frames: Sequence[Any]) -> dict[str, Any] | None:
@@ -229,9 +219,6 @@ def _manifest_of(frames: Sequence[Any]) -> dict[str, Any] | None:
     if len(head) > MAX_HEADER_BYTES:
         raise FrameError("payload manifest too large")
     raw = bytes(head)
-    bare = _bare_parsed.get(raw)
-    if bare is not None and len(frames) >= 2:
-        return bare  # most jobs: no descriptor, the same few bytes every time
     try:
         manifest = json.loads(raw[3:])
     except (ValueError, RecursionError):
@@ -247,12 +234,7 @@ def _manifest_of(frames: Sequence[Any]) -> dict[str, Any] | None:
         or len(set(placed)) != len(placed)
     ):
         raise FrameError("payload manifest does not match its frames")
-    if not placed and len(_bare_parsed) < 4:
-        _bare_parsed[raw] = manifest
     return manifest
-
-
-_bare_parsed: dict[bytes, dict[str, Any]] = {}
 
 
 def _loads(

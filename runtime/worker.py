@@ -189,7 +189,7 @@ def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], b
     set_job_depth(int(header.get("depth", 0)))
     try:
         func = resolve(target)
-        args, reply = p.loads_request(payload)
+        args, reply = p.loads_request(payload, bool(header.get("shm")))
         batch = header.get("batch")
         if batch is not None:
             return _run_batch(func, args, batch == "single", limits, reply)

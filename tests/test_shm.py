@@ -56,9 +56,9 @@ def _dir(kind: str = "c") -> str:
     return path
 
 
-def _send(data: Any, directory: str, reply: bool = True) -> tuple[list[Any], list[str]]:
+def _send(data: Any, directory: str) -> tuple[list[Any], list[str]]:
     """The payload a client on this host sends for `(data,)`, and its files."""
-    out = _shm.Outbound(lambda: directory, "a", reply=reply)
+    out = _shm.Outbound(lambda: directory, "a")
     frames = p.dumps_payload((data,), out)
     return frames, out.written
 
@@ -205,7 +205,7 @@ def test_small_buffers_stay_frames(root: Path) -> None:
     data = bytearray(b"s" * (_shm.THRESHOLD - 1))
     frames, written = _send(PickleBuffer(data), directory)
     assert written == [] and _names(directory) == []
-    assert bytes(frames[2]) == data
+    assert len(frames) == 2 and bytes(frames[1]) == data  # no manifest
     assert bytes(p.loads_payload(frames)[0]) == data
 
 
@@ -284,7 +284,7 @@ def test_an_echoed_argument_points_back_at_its_file(
     client, node = _dir("c"), _dir("n")
     monkeypatch.setenv(_shm.NODE_DIR_ENV, node)
     frames, [arg_file] = _send(PickleBuffer(bytearray(os.urandom(2 * MIB))), client)
-    (arg,), reply = p.loads_request(frames)
+    (arg,), reply = p.loads_request(frames, reply=True)
     assert reply is not None
     echoed = p.dumps_payload(PickleBuffer(arg), reply)
     assert bytes(echoed[2]) == bytes(frames[2])  # the same descriptor: no copy
@@ -306,14 +306,16 @@ def test_an_echoed_argument_points_back_at_its_file(
     assert _names(node) == []
 
 
-def test_no_reply_through_shm_unless_asked_and_on_this_host(
+def test_no_reply_through_shm_unless_asked_and_the_node_has_a_folder(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    frames, _ = _send(b"small", _dir())
+    # A worker of a node without a shared-memory folder answers in frames.
+    assert p.loads_request(frames, reply=True)[1] is None
+    monkeypatch.setattr(_shm, "_node_dir", _shm._UNKNOWN)
     monkeypatch.setenv(_shm.NODE_DIR_ENV, _dir("n"))
-    frames, _ = _send(PickleBuffer(bytearray(2 * MIB)), _dir(), reply=False)
-    assert p.loads_request(frames)[1] is None
-    frames, _ = _send(b"small", _dir(), reply=True)
-    assert p.loads_request(frames)[1] is not None
+    assert p.loads_request(frames, reply=False)[1] is None
+    assert p.loads_request(frames, reply=True)[1] is not None
     assert p.loads_request(p.dumps_payload((1,)))[1] is None
 
 
@@ -336,10 +338,10 @@ def test_no_shm_folder_means_frames(
     monkeypatch.setattr(_shm, "SHM_ROOT", str(tmp_path / "missing"))
     assert _shm.make_dir("c", "1") is None
     own = _shm.OwnFiles("1", None)
-    out = _shm.Outbound(own.directory, "a", reply=True)
+    out = _shm.Outbound(own.directory, "a")
     data = bytearray(os.urandom(2 * MIB))
     frames = p.dumps_payload((PickleBuffer(data),), out)
-    assert out.written == [] and bytes(frames[2]) == data
+    assert out.written == [] and bytes(frames[1]) == data
     assert bytes(p.loads_payload(frames)[0]) == data
     own.close()
 
@@ -356,7 +358,7 @@ def test_a_full_shm_means_frames_and_no_partial_file(
     data = bytearray(os.urandom(2 * MIB))
     frames, written = _send(PickleBuffer(data), directory)
     assert written == [] and _names(directory) == []
-    assert bytes(frames[2]) == data
+    assert len(frames) == 2 and bytes(frames[1]) == data  # no manifest
     assert bytes(p.loads_payload(frames)[0]) == data
 
 
