@@ -29,6 +29,12 @@ _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 
+# pyzmq's own functions, under its Python wrappers (hot path):
+_zmq_poll = zmq.backend.zmq_poll
+# The backend's send, under pyzmq's Python wrapper (which only adds the
+# routing_id/group options of draft sockets): a third of the cost per frame.
+_send = zmq.backend.Socket.send
+
 
 class EventLoop:
     def __init__(self) -> None:
@@ -89,8 +95,9 @@ class EventLoop:
             delay = self._run_due_timers()
             if not self.running:
                 break
-            timeout = None if delay is None else max(0, int(delay * 1000) + 1)
-            for sock, _ in self._poller.poll(timeout):
+            timeout = -1 if delay is None else max(0, int(delay * 1000) + 1)
+            # zmq_poll itself: Poller.poll only checks the timeout's type.
+            for sock, _ in _zmq_poll(self._poller.sockets, timeout):
                 handler = self._handlers.get(sock)
                 if handler is not None:
                     self._call(handler)
@@ -124,11 +131,6 @@ def messages(sock: zmq.Socket[Any], copy: bool = True) -> Iterator[list[Any]]:
 # pyzmq's send_multipart/recv_multipart do flag-enum arithmetic and checks
 # per frame: about 4 us a message against under 2 us for these (the hot path
 # of every job goes through them about eight times).
-
-
-# The backend's send, under pyzmq's Python wrapper (which only adds the
-# routing_id/group options of draft sockets): a third of the cost per frame.
-_send = zmq.backend.Socket.send
 
 
 def send_frames(sock: zmq.Socket[Any], frames: Sequence[Any], flags: int = 0) -> None:

@@ -32,7 +32,7 @@ import zmq
 
 from lucidity import _shm
 from lucidity import protocol as p
-from lucidity._loop import EventLoop, messages, send_frames
+from lucidity._loop import EventLoop, messages, recv_frames, send_frames
 from lucidity._options import JobOptions
 from lucidity.bundle import Bundle, build_bundle
 from lucidity.errors import (
@@ -233,20 +233,29 @@ class _Outcome:
             pass  # cancelled meanwhile
 
 
-def _close_sockets(
-    socks: dict[str, tuple[zmq.Socket[Any], zmq.Poller]], pid: int
-) -> None:
+def _close_sockets(socks: dict[str, _LinkSock], pid: int) -> None:
     # Never in a forked child: the sockets are the parent's.
     if os.getpid() == pid:
-        for sock, _ in socks.values():
-            sock.close(0)
+        for entry in socks.values():
+            entry.sock.close(0)
     socks.clear()
+
+
+class _LinkSock:
+    """A caller thread's DEALER to one node, and the receive timeout it has
+    now (set only when a job's check interval differs from the last one's)."""
+
+    __slots__ = ("sock", "timeout_ms")
+
+    def __init__(self, sock: zmq.Socket[Any]) -> None:
+        self.sock = sock
+        self.timeout_ms = -1
 
 
 class _ThreadLink:
     """One caller thread's sockets for the fast path of blocking calls: a
     DEALER per node address, under an identity of its own (to a node, one
-    more client), each with its poller.
+    more client).
 
     The owner holds `lock` while it uses them. `Client.close` (I/O thread)
     marks the link `dead`, then closes the sockets if the lock is free; if
@@ -259,7 +268,7 @@ class _ThreadLink:
 
     def __init__(self, identity: bytes) -> None:
         self.identity = identity
-        self.socks: dict[str, tuple[zmq.Socket[Any], zmq.Poller]] = {}
+        self.socks: dict[str, _LinkSock] = {}
         self.lock = threading.Lock()
         # Closed for good (the client is closing): no new sockets.
         self.dead = False
@@ -611,9 +620,7 @@ class Client:
             self._links.add(link)
         return link
 
-    def _link_sock(
-        self, link: _ThreadLink, addr: str
-    ) -> tuple[zmq.Socket[Any], zmq.Poller]:
+    def _link_sock(self, link: _ThreadLink, addr: str) -> _LinkSock:
         """This thread's socket to `addr`, as `_sock` makes the I/O thread's."""
         entry = link.socks.get(addr)
         if entry is not None:
@@ -621,7 +628,7 @@ class Client:
         # Sockets to nodes gone from the cluster would reconnect forever.
         known = {n["addr"] for n in self._nodes}
         for old in [a for a in link.socks if a not in known and a != self._local_node]:
-            link.socks.pop(old)[0].close(0)
+            link.socks.pop(old).sock.close(0)
         sock = self.ctx.socket(zmq.DEALER)
         sock.linger = 0
         sock.setsockopt(zmq.IDENTITY, link.identity)
@@ -629,12 +636,10 @@ class Client:
         # address, with the same keys (it reports a refusal in `_refused`).
         self._secure(sock, addr, watched=False)
         sock.connect(addr)
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        link.socks[addr] = (sock, poller)
+        entry = link.socks[addr] = _LinkSock(sock)
         if addr not in self._socks:
             self._post(("open", addr))
-        return sock, poller
+        return entry
 
     def _exchange(
         self, link: _ThreadLink, pending: _Pending, addr: str
@@ -644,18 +649,24 @@ class Client:
         interval; see `_run_inline`."""
         job = pending.job
         try:
-            sock, poller = self._link_sock(link, addr)
+            entry = self._link_sock(link, addr)
+            sock = entry.sock
             send_frames(sock, pending.frames, zmq.NOBLOCK)
+            check_ms = pending.check_ms
+            if entry.timeout_ms != check_ms:
+                sock.rcvtimeo = entry.timeout_ms = check_ms
         except zmq.ZMQError:
             # Not sent: the I/O thread sends it (or, closing, `_post` says so).
             return ("submit", pending)
-        check_ms = pending.check_ms
         silent_s = SILENT_CHECKS * check_ms / 1000
         sent = heard = time.monotonic()
         try:
             with blocking():
                 while True:
-                    if not poller.poll(check_ms):
+                    # A blocking receive, not a poll: one call per message.
+                    try:
+                        frames = recv_frames(sock)
+                    except zmq.Again:
                         silence = time.monotonic() - heard
                         pending.addr = addr
                         if addr in self._refused:
@@ -669,21 +680,20 @@ class Client:
                         sock.send(_PING, zmq.NOBLOCK)
                         continue
                     heard = time.monotonic()
-                    for frames in messages(sock, copy=False):
-                        result = self._node_message(sock, frames, addr)
-                        if result is None:
-                            continue
-                        payload = [f.buffer for f in frames[1:]]
-                        if result[0] != job.job_id:
-                            # An earlier job's, handed over to the I/O thread.
-                            p.discard_payload(payload, self._shm_inbound)
-                            continue
-                        outcome = self._outcome(result[1], payload, addr)
-                        if outcome.final(pending):
-                            outcome.complete(job)
-                            return None
-                        pending.addr = addr
-                        return ("settle", pending, outcome)
+                    result = self._node_message(sock, frames, addr)
+                    if result is None:
+                        continue
+                    payload = [f.buffer for f in frames[1:]]
+                    if result[0] != job.job_id:
+                        # An earlier job's, handed over to the I/O thread.
+                        p.discard_payload(payload, self._shm_inbound)
+                        continue
+                    outcome = self._outcome(result[1], payload, addr)
+                    if outcome.final(pending):
+                        outcome.complete(job)
+                        return None
+                    pending.addr = addr
+                    return ("settle", pending, outcome)
         except zmq.ZMQError as exc:
             link.socks.pop(addr, None)
             sock.close(0)

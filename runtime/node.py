@@ -125,7 +125,7 @@ SPARE_IDLE_S = 5.0
 CLIENT_DEAD_AFTER_S = 10.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Task:
     key: int
     client: bytes
@@ -137,7 +137,7 @@ class Task:
     depth: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Worker:
     wid: bytes
     proc: subprocess.Popen[bytes]
