@@ -141,7 +141,11 @@ class _Pending:
     """A job this client has submitted and not yet seen finish."""
 
     __slots__ = (
-        "job",
+        "_job",
+        "job_id",
+        "target",
+        "client",
+        "files",
         "frames",
         "options",
         "local",
@@ -158,15 +162,24 @@ class _Pending:
 
     def __init__(
         self,
-        job: Job[Any],
+        client: Client,
+        job_id: int,
+        target: str,
         frames: list[Any],
         options: JobOptions,
         local: bool,
         addr: str | None,
         blocking: bool = False,
-        same_host: bool = False,
+        files: list[str] | None = None,
     ) -> None:
-        self.job = job
+        # The handle is made when first asked for: a blocking call that ends
+        # on the fast path never needs one (`Client.run`).
+        self._job: Job[Any] | None = None
+        self.job_id = job_id
+        self.target = target
+        self.client = client
+        # Argument files in shared memory, released when the job is done.
+        self.files = files
         # The seed's retry intervals, per variant: how long to wait for a node
         # to place the job on, and how often to check the node running it.
         if blocking:
@@ -181,12 +194,26 @@ class _Pending:
         # A local job must run on its own node; a fanout item may move on.
         self.pinned = local
         # Its payload holds shared-memory descriptors: only this host's nodes.
-        self.same_host = same_host
+        self.same_host = bool(files)
         self.addr = addr
         self.deadline = 0.0
         self.system_attempts = 0
         self.app_attempts = 0
         self.timer: int | None = None
+
+    @property
+    def job(self) -> Job[Any]:
+        """The job's handle; made by the caller's thread (by `submit`, or by
+        `run` before it hands the job to the I/O thread)."""
+        job = self._job
+        if job is None:
+            job = self._job = Job(self.job_id, self.target)
+            job._cancel_hook = self.client._cancel
+            files = self.files
+            if files:
+                own = self.client._shm_own
+                job.add_done_callback(lambda _: own.release(files))
+        return job
 
 
 class _Outcome:
@@ -441,12 +468,11 @@ class Client:
 
     def _new_job(
         self, target: str, options: JobOptions, args: Any, batch: str | None = None
-    ) -> tuple[Job[Any], list[Any], bool]:
-        """The job's handle, its SUBMIT frames, and whether they hold
-        shared-memory descriptors (only a node on this host can run it)."""
-        job: Job[Any] = Job(next(self._ids), target)
-        job._cancel_hook = self._cancel
-        header: dict[str, Any] = {"id": job.job_id, "target": target}
+    ) -> tuple[int, list[Any], list[str] | None]:
+        """The job's id, its SUBMIT frames, and the shared-memory files of its
+        arguments (then only a node on this host can run it)."""
+        job_id = next(self._ids)
+        header: dict[str, Any] = {"id": job_id, "target": target}
         if batch is not None:
             # `args` is a list of items; see worker._run_batch.
             header["batch"] = batch
@@ -462,16 +488,16 @@ class Client:
             header["memory"] = options.memory
         if options.fuel is not None:
             header["fuel"] = options.fuel
-        payload, shared, same_host = self._dumps_args(job, args)
+        payload, shared, files = self._dumps_args(args)
         if shared:
             header["shm"] = 1  # answer through shared memory too
-        return job, [p.encode(p.MsgType.SUBMIT, header), *payload], same_host
+        return job_id, [p.encode(p.MsgType.SUBMIT, header), *payload], files
 
     # ---- same-host shared memory (lucidity._shm) ---------------------------
 
-    def _dumps_args(self, job: Job[Any], args: Any) -> tuple[list[Any], bool, bool]:
-        """The payload of `job`'s arguments, whether every node shares this
-        host, and whether the payload holds shared-memory descriptors.
+    def _dumps_args(self, args: Any) -> tuple[list[Any], bool, list[str] | None]:
+        """The payload of a job's arguments, whether every node shares this
+        host, and the shared-memory files the payload names (if any).
 
         When every node shares this host, large buffers go through shared
         memory and the worker is asked to answer the same way. Nodes are
@@ -485,14 +511,12 @@ class Client:
             shared = bool(nodes) and all(self._shm_node_dir(n) for n in nodes)
             self._shm_all = (nodes, shared)
         if not shared:
-            return p.dumps_payload(args), False, False
+            return p.dumps_payload(args), False, None
         out = _shm.Outbound(self._shm_own.directory, "a")
         frames = p.dumps_payload(args, out)
         if out.written:
-            files = out.written
-            self._shm_own.adopt(files)
-            job.add_done_callback(lambda _: self._shm_own.release(files))
-        return frames, True, bool(out.written)
+            self._shm_own.adopt(out.written)  # released by the job's handle
+        return frames, True, out.written or None
 
     def _shm_node_dir(self, node: dict[str, Any]) -> str | None:
         """`node`'s shared-memory directory, if it is on this host (same boot
@@ -552,10 +576,12 @@ class Client:
         batch: str | None = None,
     ) -> _Pending:
         """A new job's record, its frames built (`submit` and `run`)."""
-        job, frames, same_host = self._new_job(target, options, args, batch)
+        job_id, frames, files = self._new_job(target, options, args, batch)
         if local:
             addr = self.local_node()
-        return _Pending(job, frames, options, local, addr, blocking, same_host)
+        return _Pending(
+            self, job_id, target, frames, options, local, addr, blocking, files
+        )
 
     # ---- the fast path of blocking calls ------------------------------------
 
@@ -578,12 +604,23 @@ class Client:
         pending = self._pending(target, options, args, local, addr, blocking=True)
         handover = self._run_inline(pending)
         if handover is not None:
-            self._post(handover)
+            if handover[0] == "done":
+                outcome: _Outcome = handover[1]
+                if pending._job is None:
+                    # Nobody holds a handle: no future to complete and wake.
+                    if outcome.error is not None:
+                        raise outcome.error
+                    return outcome.value
+                outcome.complete(pending.job)
+            else:
+                pending.job  # noqa: B018 - made here, before the I/O thread has it
+                self._post(handover)
         return pending.job.result()
 
     def _run_inline(self, pending: _Pending) -> tuple[Any, ...] | None:
-        """Run `pending` from the calling thread: None once its job is done,
-        else the I/O-thread command that takes it over."""
+        """Run `pending` from the calling thread: ("done", outcome) when it
+        ended there, None when its handle is already complete, else the
+        I/O-thread command that takes it over."""
         options = pending.options
         if options.timeout is not None or options.retries or self._closed:
             # Their timers and re-runs are the I/O thread's.
@@ -647,7 +684,7 @@ class Client:
         """Send `pending` to `addr` on this thread's socket and wait for its
         result there, answering the node's FETCH and pinging it every check
         interval; see `_run_inline`."""
-        job = pending.job
+        job_id = pending.job_id
         try:
             entry = self._link_sock(link, addr)
             sock = entry.sock
@@ -684,14 +721,13 @@ class Client:
                     if result is None:
                         continue
                     payload = [f.buffer for f in frames[1:]]
-                    if result[0] != job.job_id:
+                    if result[0] != job_id:
                         # An earlier job's, handed over to the I/O thread.
                         p.discard_payload(payload, self._shm_inbound)
                         continue
                     outcome = self._outcome(result[1], payload, addr)
                     if outcome.final(pending):
-                        outcome.complete(job)
-                        return None
+                        return ("done", outcome)
                     pending.addr = addr
                     return ("settle", pending, outcome)
         except zmq.ZMQError as exc:
@@ -700,19 +736,19 @@ class Client:
             if exc.errno == zmq.ETERM:
                 # `close` terminates the context under us (and the link is
                 # dead: its other sockets are closed on the way out).
-                job.set_exception(ClusterError("the lucidity client shut down"))
+                pending.job.set_exception(ClusterError("the lucidity client shut down"))
                 return None
             cause = f"its connection to node at {addr} failed: {exc}"
             return ("settle", pending, _Outcome(lost=(cause, ClusterError)))
         except BaseException:
             # Interrupted (KeyboardInterrupt...): stop the job, as the node
             # knows it, by this socket's identity.
-            head = p.encode(p.MsgType.CANCEL, {"id": job.job_id, "grace_ms": 0})
+            head = p.encode(p.MsgType.CANCEL, {"id": job_id, "grace_ms": 0})
             try:
                 sock.send(head, zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
-            job.cancel()
+            pending.job.cancel()
             raise
 
     def _bundle(self, target: str) -> Bundle | None:
