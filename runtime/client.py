@@ -84,6 +84,7 @@ CHUNK_MAX_ITEMS = 8192
 CHUNK_MIN_ITEMS = 4
 
 _PING = p.encode(p.MsgType.PING)
+_random = random.random
 
 
 def _decode_error(frames: list[Any], node: str) -> BaseException:
@@ -383,6 +384,9 @@ class Client:
         # (node list, whether every node in it shares this host's shared
         # memory): worked out once per change of the list, not per job.
         self._shm_all: tuple[list[dict[str, Any]], bool] = ([], False)
+        # SUBMIT headers but for the job id, by what else they hold (most
+        # jobs of an app are a few kinds: no header built per job).
+        self._heads: dict[tuple[Any, ...], tuple[JobOptions, bytes]] = {}
         self._ids = itertools.count(1)
         self._rr = itertools.count()
         # The fast path of blocking calls (`run`): each caller thread's own
@@ -472,26 +476,37 @@ class Client:
         """The job's id, its SUBMIT frames, and the shared-memory files of its
         arguments (then only a node on this host can run it)."""
         job_id = next(self._ids)
-        header: dict[str, Any] = {"id": job_id, "target": target}
-        if batch is not None:
-            # `args` is a list of items; see worker._run_batch.
-            header["batch"] = batch
-        depth = child_depth()
-        if depth is not None:
-            header["depth"] = depth
-        if options.async_set_retry_interval_ms != 100:
-            header["set_ms"] = options.async_set_retry_interval_ms
-        bundle = self._bundle(target)
-        if bundle is not None:
-            header["bundle"] = bundle.digest
-        if options.memory is not None:
-            header["memory"] = options.memory
-        if options.fuel is not None:
-            header["fuel"] = options.fuel
         payload, shared, files = self._dumps_args(args)
-        if shared:
-            header["shm"] = 1  # answer through shared memory too
-        return job_id, [p.encode(p.MsgType.SUBMIT, header), *payload], files
+        depth = child_depth()
+        # By the options' identity (hashing a dataclass costs a tuple of its
+        # fields each time); the entry holds them, so the id stays theirs.
+        key = (target, id(options), batch, depth, shared)
+        entry = self._heads.get(key)
+        if entry is not None:
+            head = entry[1]
+        else:
+            header: dict[str, Any] = {"target": target}
+            if batch is not None:
+                # `args` is a list of items; see worker._run_batch.
+                header["batch"] = batch
+            if depth is not None:
+                header["depth"] = depth
+            if options.async_set_retry_interval_ms != 100:
+                header["set_ms"] = options.async_set_retry_interval_ms
+            bundle = self._bundle(target)
+            if bundle is not None:
+                header["bundle"] = bundle.digest
+            if options.memory is not None:
+                header["memory"] = options.memory
+            if options.fuel is not None:
+                header["fuel"] = options.fuel
+            if shared:
+                header["shm"] = 1  # answer through shared memory too
+            if len(self._heads) >= 1024:
+                self._heads.clear()  # a bound, for apps of many job kinds
+            head = p.encode(p.MsgType.SUBMIT, header)
+            self._heads[key] = (options, head)
+        return job_id, [p.with_id(head, job_id), *payload], files
 
     # ---- same-host shared memory (lucidity._shm) ---------------------------
 
@@ -631,7 +646,8 @@ class Client:
             if not nodes or pending.same_host:
                 # The I/O thread waits for a node, or picks one of this host.
                 return ("submit", pending)
-            addr = random.choice(nodes)["addr"]
+            # random.choice, without its two Python-level calls (hot path)
+            addr = nodes[int(_random() * len(nodes))]["addr"]
         if addr in self._refused:
             return ("submit", pending)  # it fails with the refusal
         link = self._link()
@@ -1215,22 +1231,23 @@ class Client:
         self, header: dict[str, Any], payload: list[Any], addr: str
     ) -> _Outcome:
         """What a RESULT says of its job, read by whichever thread got it."""
-        node = str(header.get("node", addr))
         if header.get("ok"):
             try:
                 return _Outcome(value=p.loads_payload(payload, self._shm_inbound))
             except _shm.ShmError as exc:
+                node = str(header.get("node", addr))
                 # The result's file is gone (its node stopped meanwhile) or
                 # is not what it claims: as good as a lost worker.
                 cause = f"its result from {node} cannot be read: {exc}"
                 return _Outcome(lost=(cause, ClusterError))
             except Exception as exc:
+                node = str(header.get("node", addr))
                 return _Outcome(
                     error=ClusterError(
                         f"cannot unpickle the result from {node}: {exc!r}"
                     )
                 )
-        error = _decode_error(payload, node)
+        error = _decode_error(payload, str(header.get("node", addr)))
         if isinstance(error, WorkerLostError):
             return _Outcome(lost=(str(error), WorkerLostError))
         return _Outcome(error=error)

@@ -101,6 +101,11 @@ def encode(msg_type: MsgType, header: dict[str, Any] | None = None) -> bytes:
     return _PREFIX[msg_type] + _encode_json(header or {}).encode()
 
 
+def with_id(head: bytes, job_id: int) -> bytes:
+    """`head` (an encoded header) with `"id": job_id` put first in it."""
+    return b'%s{"id":%d,%s' % (head[:4], job_id, head[5:])
+
+
 def decode(frame: bytes | memoryview) -> Message:
     """Parse a header frame; raise `FrameError` on anything unexpected."""
     data = bytes(frame)
@@ -179,12 +184,19 @@ def loads_request(
     (None: as frames; else, when the caller asked for it with `reply` (the
     job's "shm" header), through the node's shared-memory directory, an
     echoed argument pointing back at the caller's file)."""
-    inbound = _shm.Inbound()
+    made: list[_shm.Inbound] = []
+
+    def inbound() -> _shm.Inbound:
+        made.append(_shm.Inbound())
+        return made[0]
+
     args, _ = _loads(frames, inbound)
     directory = _shm.node_dir_from_env() if reply else None
     if directory is None:
         return args, None
-    return args, _shm.Outbound(lambda: directory, "r", echo=inbound)
+    # An argument that came through shared memory may come back as itself.
+    echo = made[0] if made else None
+    return args, _shm.Outbound(lambda: directory, "r", echo=echo)
 
 
 def discard_payload(frames: Sequence[Any], shm: InboundLike) -> None:
@@ -202,6 +214,7 @@ def discard_payload(frames: Sequence[Any], shm: InboundLike) -> None:
 # A payload with buffers in shared memory starts with this frame (a pickle
 # starts with PROTO, 0x80): {"host": boot id, "shm": [buffer index, ...]}.
 MANIFEST = b"LS\x01"
+_MANIFEST_0 = MANIFEST[0]
 
 
 def _manifest(placed: list[int]) -> bytes:
@@ -214,7 +227,8 @@ def _manifest_of(frames: Sequence[Any]) -> dict[str, Any] | None:
     if not frames:
         raise FrameError("payload is empty")
     head = frames[0]
-    if bytes(head[:3]) != MANIFEST:
+    # A pickle starts with PROTO (0x80): most payloads end here, on one byte.
+    if not len(head) or head[0] != _MANIFEST_0 or bytes(head[:3]) != MANIFEST:
         return None  # a plain pickle
     if len(head) > MAX_HEADER_BYTES:
         raise FrameError("payload manifest too large")

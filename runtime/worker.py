@@ -159,6 +159,10 @@ class _Limits:
         return None
 
 
+# A job without `memory` or `fuel`: nothing to arm, and nothing to translate.
+_NO_LIMITS = _Limits("", None, None)
+
+
 def _failure(exc: BaseException, limits: _Limits) -> tuple[list[Any], bool]:
     """The error payload of a failed job, and whether this worker must retire."""
     hit = limits.translate(exc)
@@ -185,7 +189,10 @@ def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], b
         _bundle_paths.append(str(bundle_path))
         sys.path.insert(0, str(bundle_path))
         importlib.invalidate_caches()
-    limits = _Limits(target, header.get("memory"), header.get("fuel"))
+    memory, fuel = header.get("memory"), header.get("fuel")
+    limits = (
+        _NO_LIMITS if memory is None and fuel is None else _Limits(target, memory, fuel)
+    )
     set_job_depth(int(header.get("depth", 0)))
     try:
         func = resolve(target)
@@ -193,7 +200,7 @@ def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], b
         batch = header.get("batch")
         if batch is not None:
             return _run_batch(func, args, batch == "single", limits, reply)
-        if limits.memory is None and limits.fuel is None:
+        if limits is _NO_LIMITS:
             result = func(*args)  # nothing to arm (most jobs)
         else:
             with limits:
