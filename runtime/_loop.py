@@ -17,7 +17,7 @@ from typing import Any
 
 import zmq
 
-__all__ = ["EventLoop", "messages", "recv_frames", "send_frames"]
+__all__ = ["NOBLOCK", "EventLoop", "messages", "recv_frames", "send_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ Handler = Callable[[], None]
 # Plain ints: pyzmq's flag enums cost an enum operation per use (hot path).
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
-_NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK = NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 
 # pyzmq's own functions, under its Python wrappers (hot path):
@@ -100,7 +100,10 @@ class EventLoop:
             for sock, _ in _zmq_poll(self._poller.sockets, timeout):
                 handler = self._handlers.get(sock)
                 if handler is not None:
-                    self._call(handler)
+                    try:  # as `_call` does, without a call more per message
+                        handler()
+                    except Exception:
+                        log.exception("event handler failed; carrying on")
                 if not self.running:
                     break
 

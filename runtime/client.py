@@ -32,7 +32,7 @@ import zmq
 
 from lucidity import _shm
 from lucidity import protocol as p
-from lucidity._loop import EventLoop, messages, recv_frames, send_frames
+from lucidity._loop import NOBLOCK, EventLoop, messages, recv_frames, send_frames
 from lucidity._options import JobOptions
 from lucidity.bundle import Bundle, build_bundle
 from lucidity.errors import (
@@ -704,7 +704,7 @@ class Client:
         try:
             entry = self._link_sock(link, addr)
             sock = entry.sock
-            send_frames(sock, pending.frames, zmq.NOBLOCK)
+            send_frames(sock, pending.frames, NOBLOCK)
             check_ms = pending.check_ms
             if entry.timeout_ms != check_ms:
                 sock.rcvtimeo = entry.timeout_ms = check_ms

@@ -31,7 +31,7 @@ import zmq
 from lucidity import _shm
 from lucidity import protocol as p
 from lucidity._daemon import announce, bind, install_stop, watch_parent
-from lucidity._loop import EventLoop, messages, send_frames
+from lucidity._loop import NOBLOCK, EventLoop, messages, send_frames
 from lucidity.errors import ClusterError, WorkerLostError
 from lucidity.security import (
     DEFAULT_MAX_MESSAGE_MB,
@@ -274,9 +274,6 @@ class NodeDaemon:
     def _running(self) -> int:
         return sum(1 for w in self.workers.values() if w.task and not w.blocked)
 
-    def _blocked_depths(self) -> list[int]:
-        return [w.task.depth for w in self.workers.values() if w.task and w.blocked]
-
     def _heartbeat_frame(self, leaving: bool = False) -> bytes:
         return p.encode(
             p.MsgType.HEARTBEAT,
@@ -447,14 +444,23 @@ class NodeDaemon:
     def _pump(self) -> None:
         """Start queued jobs while a slot is free; start workers if none fits."""
         self._dispatch()
-        self._trim()
+        if len(self.workers) > self.slots:
+            self._trim()
 
     def _dispatch(self) -> None:
-        if not self.queue:
+        queue = self.queue
+        if not queue.size:
             return
-        running = self._running()
-        while self.queue:
-            task = self.queue.next_eligible(self.slots, running, self._blocked_depths())
+        running = 0
+        blocked: list[int] = []
+        for x in self.workers.values():
+            if x.task is not None:
+                if x.blocked:
+                    blocked.append(x.task.depth)
+                else:
+                    running += 1
+        while queue.size:
+            task = queue.next_eligible(self.slots, running, blocked)
             if task is None:
                 return
             bundle = task.header.get("bundle")
@@ -477,7 +483,7 @@ class NodeDaemon:
                         self._retire(other)
                     self._spawn()
                 return
-            self.queue.remove(task)
+            queue.remove(task)
             w.task = task
             running += 1
             run: dict[str, Any] = {
@@ -503,11 +509,7 @@ class NodeDaemon:
         """Let go of extra workers (started while others were blocked) once
         they have stayed surplus for SPARE_IDLE_S: nested jobs come in waves,
         and starting a worker costs far more than keeping one."""
-        if (
-            self._trim_timer is None
-            and len(self.workers) > self.slots
-            and self._surplus() > 0
-        ):
+        if self._trim_timer is None and self._surplus() > 0:
             self._trim_timer = self.loop.call_later(SPARE_IDLE_S, self._trim_now)
 
     def _surplus(self) -> int:
@@ -727,7 +729,7 @@ class NodeDaemon:
         """Send a result; while its client is unreachable (reconnecting), try
         again every async_set_retry_interval_ms until the client is reaped."""
         try:
-            send_frames(self.front, frames, zmq.NOBLOCK)
+            send_frames(self.front, frames, NOBLOCK)
             return
         except zmq.ZMQError as exc:
             if task.client not in self.client_seen:
