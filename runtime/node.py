@@ -110,6 +110,10 @@ class _Queue:
         self, slots: int, running: int, blocked_depths: list[int]
     ) -> Task | None:
         """The job to start next (deepest first), or None if none may start."""
+        if not blocked_depths:  # nothing lent out: the deepest job, if a slot is free
+            if running >= slots or not self.by_depth:
+                return None
+            return self.by_depth[max(self.by_depth)][0]
         for depth in sorted(self.by_depth, reverse=True):
             blocked = sum(1 for d in blocked_depths if d >= depth)
             held = max(0, blocked - LEND_PER_SLOT * slots)
@@ -412,13 +416,13 @@ class NodeDaemon:
             w.ready = False  # it exits after a limit error; replaced on exit
         if task is None:
             return
-        self.tasks.pop((task.client, task.job_id), None)
         ok = bool(header.get("ok"))
+        self._reply(task, ok, payload)  # first: its caller is waiting
+        self.tasks.pop((task.client, task.job_id), None)
         if ok:
             self.stats.done += 1
         else:
             self.stats.failed += 1
-        self._reply(task, ok, payload)
 
     def _retire(self, w: Worker) -> None:
         w.retiring = True

@@ -143,6 +143,8 @@ def dumps_payload(obj: object, shm: _shm.Outbound | None = None) -> list[Any]:
     """
     buffers: list[pickle.PickleBuffer] = []
     data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    if not buffers:
+        return [data]  # most payloads
     if shm is None:
         return [data, *(b.raw() for b in buffers)]
     frames: list[Any] = [data]
@@ -184,18 +186,16 @@ def loads_request(
     (None: as frames; else, when the caller asked for it with `reply` (the
     job's "shm" header), through the node's shared-memory directory, an
     echoed argument pointing back at the caller's file)."""
-    made: list[_shm.Inbound] = []
-
-    def inbound() -> _shm.Inbound:
-        made.append(_shm.Inbound())
-        return made[0]
-
-    args, _ = _loads(frames, inbound)
+    if _manifest_of(frames) is None:
+        args = pickle.loads(frames[0], buffers=frames[1:])  # most jobs
+        echo = None
+    else:
+        # An argument that came through shared memory may come back as itself.
+        echo = _shm.Inbound()
+        args, _ = _loads(frames, echo)
     directory = _shm.node_dir_from_env() if reply else None
     if directory is None:
         return args, None
-    # An argument that came through shared memory may come back as itself.
-    echo = made[0] if made else None
     return args, _shm.Outbound(lambda: directory, "r", echo=echo)
 
 
