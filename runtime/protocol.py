@@ -102,7 +102,8 @@ def encode(msg_type: MsgType, header: dict[str, Any] | None = None) -> bytes:
 
 
 def with_id(head: bytes, job_id: int) -> bytes:
-    """`head` (an encoded header) with `"id": job_id` put first in it."""
+    """`head` (an encoded header holding at least one key) with
+    `"id": job_id` put first in it: a header made once, an id per job."""
     return b'%s{"id":%d,%s' % (head[:4], job_id, head[5:])
 
 
