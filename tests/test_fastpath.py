@@ -22,8 +22,10 @@ from waits import wait_until
 
 import lucidity
 from lucidity import _stubs
+from lucidity import protocol as p
+from lucidity._options import validate_options
 from lucidity.client import MAX_SYSTEM_ATTEMPTS, Client, get_client
-from lucidity.errors import ClusterError, WorkerLostError
+from lucidity.errors import ClusterError, RemoteTraceback, WorkerLostError
 
 WAIT_S = 20.0
 APP = "lucidity_rtapp.work"
@@ -67,6 +69,7 @@ def test_blocking_calls_take_the_fast_path(
     with pytest.raises(Exception, match="boom") as info:
         _stubs.run_remote(fail, ("boom",))
     assert type(info.value).__name__ == "AppError"
+    assert isinstance(info.value.__cause__, RemoteTraceback)  # no Job, same error
     assert seen == [], "a blocking call went through the I/O thread"
     link = client._local.link
     assert link.identity.startswith(client._identity + b"/t")
@@ -78,6 +81,26 @@ def test_blocking_calls_take_the_fast_path(
     # The async variant still goes through the I/O thread.
     assert _stubs.submit_remote(ref, (3,)).await_get(WAIT_S) == 9
     assert len(seen) == 1
+
+
+def test_headers_made_once_per_kind_of_job_keep_each_kinds_options(
+    rt_client: Any,
+) -> None:
+    client = get_client()
+    small = validate_options({"memory": 100 * 2**20})
+    large = validate_options({"memory": 300 * 2**20, "fuel": 7})
+    heads = [
+        p.decode(client._new_job(f"{APP}:square", o, (1,))[1][0]).header
+        for o in (small, large, small, validate_options({}))
+    ]
+    assert [(h.get("memory"), h.get("fuel")) for h in heads] == [
+        (100 * 2**20, None),
+        (300 * 2**20, 7),
+        (100 * 2**20, None),
+        (None, None),
+    ]
+    assert len({h["id"] for h in heads}) == 4
+    assert {h["target"] for h in heads} == {f"{APP}:square"}
 
 
 def test_options_the_fast_path_leaves_to_the_io_thread(
