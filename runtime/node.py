@@ -567,7 +567,9 @@ class NodeDaemon:
                 handler(ident, msg.header, frames[2:])
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("dropped a malformed %s: %r", msg.type.name, exc)
-        self._pump()
+            # Per message, not after the burst: a job starts before the next
+            # message (or the check for one) is read.
+            self._pump()
 
     def _on_submit(
         self, ident: bytes, header: dict[str, Any], payload: list[zmq.Frame]
