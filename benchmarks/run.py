@@ -14,6 +14,7 @@ installed is skipped with a note. Every cluster uses two worker processes on
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime as dt
 import importlib.metadata
 import json
@@ -273,6 +274,10 @@ def snapshot(rev: str) -> tuple[str, str]:
     shutil.copytree(os.path.join(src, "codegen"), os.path.join(pkg, "codegen"))
     shutil.copytree(os.path.join(src, "templates"), os.path.join(pkg, "templates"))
     path = os.path.join(tmp, "pkg")
+    # Bytecode, as pip writes it when it installs a wheel: otherwise every
+    # process (app, daemons, workers) compiles lucidity at start-up when
+    # PYTHONDONTWRITEBYTECODE is set, as it is on these machines.
+    compileall.compile_dir(path, quiet=1)
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = path + (os.pathsep + old if old else "")
     sys.path.insert(0, path)
