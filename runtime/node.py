@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import itertools
 import logging
 import os
 import re
@@ -131,7 +130,6 @@ CLIENT_DEAD_AFTER_S = 10.0
 
 @dataclass(slots=True)
 class Task:
-    key: int
     client: bytes
     job_id: int
     header: dict[str, Any]
@@ -221,7 +219,6 @@ class NodeDaemon:
         # Queued jobs by nesting depth (see `_dispatch`).
         self.queue = _Queue()
         self.tasks: dict[tuple[bytes, int], Task] = {}
-        self._keys = itertools.count(1)
         self.stats = _Stats()
         self._client_handlers = {
             p.MsgType.SUBMIT: self._on_submit,
@@ -491,7 +488,6 @@ class NodeDaemon:
             w.task = task
             running += 1
             run: dict[str, Any] = {
-                "key": task.key,
                 "target": task.header["target"],
                 "depth": task.depth,
             }
@@ -590,7 +586,7 @@ class NodeDaemon:
         depth = header.get("depth", 0)
         if not isinstance(depth, int) or not 0 <= depth <= MAX_DEPTH:
             raise ValueError(f"bad depth {depth!r}")
-        task = Task(next(self._keys), ident, job_id, header, payload, depth)
+        task = Task(ident, job_id, header, payload, depth)
         self.tasks[(ident, job_id)] = task
         if bundle is not None and not self._have_bundle(bundle):
             waiting = self.awaiting.setdefault(bundle, [])

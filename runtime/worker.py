@@ -63,6 +63,12 @@ def _watch_stdin() -> None:
     os._exit(0)
 
 
+# DONE headers, by (ok, retire): made once, like BLOCKED/UNBLOCKED.
+_DONE = {
+    (ok, retire): p.encode(p.MsgType.DONE, {"ok": ok, "retire": retire})
+    for ok in (False, True)
+    for retire in (False, True)
+}
 _BLOCKED = p.encode(p.MsgType.BLOCKED)
 _UNBLOCKED = p.encode(p.MsgType.UNBLOCKED)
 
@@ -271,9 +277,8 @@ def main(argv: list[str] | None = None) -> None:
         if msg.type != p.MsgType.RUN:
             continue
         ok, out, retire = _run(msg.header, [f.buffer for f in frames[1:]])
-        done = {"key": msg.header.get("key"), "ok": ok, "retire": retire}
         with lock:
-            send_frames(sock, [p.encode(p.MsgType.DONE, done), *out])
+            send_frames(sock, [_DONE[ok, retire], *out])
         if retire:
             # After a limit hit the heap's state is unknown: a fresh worker
             # takes this one's place.

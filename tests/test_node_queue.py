@@ -10,7 +10,7 @@ from lucidity.node import LEND_PER_SLOT, Task, _Queue
 
 
 def task(depth: int, key: int = 0) -> Task:
-    return Task(key, b"c", key, {"target": "m:f"}, [], depth)
+    return Task(b"c", key, {"target": "m:f"}, [], depth)
 
 
 def test_deepest_first_then_fifo() -> None:
