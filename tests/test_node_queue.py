@@ -22,7 +22,7 @@ def test_deepest_first_then_fifo() -> None:
         t = q.next_eligible(slots=1, running=0, blocked_depths=[])
         assert t is not None
         q.remove(t)
-        order.append((t.depth, t.key))
+        order.append((t.depth, t.job_id))
     assert order == [(2, 3), (1, 1), (1, 4), (0, 0), (0, 2)]
 
 
