@@ -704,10 +704,10 @@ class Client:
         try:
             entry = self._link_sock(link, addr)
             sock = entry.sock
-            send_frames(sock, pending.frames, NOBLOCK)
             check_ms = pending.check_ms
             if entry.timeout_ms != check_ms:
                 sock.rcvtimeo = entry.timeout_ms = check_ms
+            send_frames(sock, pending.frames, NOBLOCK)  # the last thing tried
         except zmq.ZMQError:
             # Not sent: the I/O thread sends it (or, closing, `_post` says so).
             return ("submit", pending)
