@@ -87,6 +87,12 @@ _PING = p.encode(p.MsgType.PING)
 _random = random.random
 
 
+def _random_addr(nodes: list[dict[str, Any]]) -> str:
+    """The address of a node picked at random: random.choice without its two
+    Python-level calls (the fast path picks one per call)."""
+    return str(nodes[int(_random() * len(nodes))]["addr"])
+
+
 def _decode_error(frames: list[Any], node: str) -> BaseException:
     try:
         blob, ename, evalue, tb = pickle.loads(frames[0])
@@ -151,7 +157,6 @@ class _Pending:
         "options",
         "local",
         "pinned",
-        "same_host",
         "addr",
         "deadline",
         "system_attempts",
@@ -194,13 +199,16 @@ class _Pending:
         self.local = local
         # A local job must run on its own node; a fanout item may move on.
         self.pinned = local
-        # Its payload holds shared-memory descriptors: only this host's nodes.
-        self.same_host = bool(files)
         self.addr = addr
         self.deadline = 0.0
         self.system_attempts = 0
         self.app_attempts = 0
         self.timer: int | None = None
+
+    @property
+    def same_host(self) -> bool:
+        """Its payload holds shared-memory descriptors: only this host's nodes."""
+        return bool(self.files)
 
     @property
     def job(self) -> Job[Any]:
@@ -482,31 +490,40 @@ class Client:
         # fields each time); the entry holds them, so the id stays theirs.
         key = (target, id(options), batch, depth, shared)
         entry = self._heads.get(key)
-        if entry is not None:
-            head = entry[1]
-        else:
-            header: dict[str, Any] = {"target": target}
-            if batch is not None:
-                # `args` is a list of items; see worker._run_batch.
-                header["batch"] = batch
-            if depth is not None:
-                header["depth"] = depth
-            if options.async_set_retry_interval_ms != 100:
-                header["set_ms"] = options.async_set_retry_interval_ms
-            bundle = self._bundle(target)
-            if bundle is not None:
-                header["bundle"] = bundle.digest
-            if options.memory is not None:
-                header["memory"] = options.memory
-            if options.fuel is not None:
-                header["fuel"] = options.fuel
-            if shared:
-                header["shm"] = 1  # answer through shared memory too
+        if entry is None:
             if len(self._heads) >= 1024:
                 self._heads.clear()  # a bound, for apps of many job kinds
-            head = p.encode(p.MsgType.SUBMIT, header)
-            self._heads[key] = (options, head)
-        return job_id, [p.with_id(head, job_id), *payload], files
+            head = self._submit_head(target, options, batch, depth, shared)
+            entry = self._heads[key] = (options, head)
+        return job_id, [p.with_id(entry[1], job_id), *payload], files
+
+    def _submit_head(
+        self,
+        target: str,
+        options: JobOptions,
+        batch: str | None,
+        depth: int | None,
+        shared: bool,
+    ) -> bytes:
+        """The SUBMIT header of a kind of job, but for its id."""
+        header: dict[str, Any] = {"target": target}
+        if batch is not None:
+            # `args` is a list of items; see worker._run_batch.
+            header["batch"] = batch
+        if depth is not None:
+            header["depth"] = depth
+        if options.async_set_retry_interval_ms != 100:
+            header["set_ms"] = options.async_set_retry_interval_ms
+        bundle = self._bundle(target)
+        if bundle is not None:
+            header["bundle"] = bundle.digest
+        if options.memory is not None:
+            header["memory"] = options.memory
+        if options.fuel is not None:
+            header["fuel"] = options.fuel
+        if shared:
+            header["shm"] = 1  # answer through shared memory too
+        return p.encode(p.MsgType.SUBMIT, header)
 
     # ---- same-host shared memory (lucidity._shm) ---------------------------
 
@@ -646,8 +663,7 @@ class Client:
             if not nodes or pending.same_host:
                 # The I/O thread waits for a node, or picks one of this host.
                 return ("submit", pending)
-            # random.choice, without its two Python-level calls (hot path)
-            addr = nodes[int(_random() * len(nodes))]["addr"]
+            addr = _random_addr(nodes)
         if addr in self._refused:
             return ("submit", pending)  # it fails with the refusal
         link = self._link()
@@ -922,7 +938,7 @@ class Client:
                     with cond:
                         results.extend(itertools.repeat(None, len(chunk)))
                     if options.fanout == "random":
-                        addr = random.choice(nodes)["addr"]
+                        addr = _random_addr(nodes)
                     else:
                         addr = nodes[(start + chunk_no) % len(nodes)]["addr"]
                     if per_item:
@@ -1069,7 +1085,7 @@ class Client:
                         )
                     )
                     return
-            addr = random.choice(nodes)["addr"]
+            addr = _random_addr(nodes)
         pending.addr = addr
         refused = self._refused.get(addr)
         if refused is not None:
@@ -1231,23 +1247,25 @@ class Client:
         self, header: dict[str, Any], payload: list[Any], addr: str
     ) -> _Outcome:
         """What a RESULT says of its job, read by whichever thread got it."""
+        unreadable: Exception | None = None
         if header.get("ok"):
             try:
                 return _Outcome(value=p.loads_payload(payload, self._shm_inbound))
-            except _shm.ShmError as exc:
-                node = str(header.get("node", addr))
-                # The result's file is gone (its node stopped meanwhile) or
-                # is not what it claims: as good as a lost worker.
-                cause = f"its result from {node} cannot be read: {exc}"
-                return _Outcome(lost=(cause, ClusterError))
             except Exception as exc:
-                node = str(header.get("node", addr))
-                return _Outcome(
-                    error=ClusterError(
-                        f"cannot unpickle the result from {node}: {exc!r}"
-                    )
+                unreadable = exc
+        node = str(header.get("node", addr))
+        if isinstance(unreadable, _shm.ShmError):
+            # The result's file is gone (its node stopped meanwhile) or is
+            # not what it claims: as good as a lost worker.
+            cause = f"its result from {node} cannot be read: {unreadable}"
+            return _Outcome(lost=(cause, ClusterError))
+        if unreadable is not None:
+            return _Outcome(
+                error=ClusterError(
+                    f"cannot unpickle the result from {node}: {unreadable!r}"
                 )
-        error = _decode_error(payload, str(header.get("node", addr)))
+            )
+        error = _decode_error(payload, node)
         if isinstance(error, WorkerLostError):
             return _Outcome(lost=(str(error), WorkerLostError))
         return _Outcome(error=error)
@@ -1291,13 +1309,12 @@ class Client:
         for addr in [a for a in self._last_heard if a not in check_ms]:
             del self._last_heard[addr]  # idle nodes owe us nothing
         silent = {}
-        head = p.encode(p.MsgType.PING)
         for addr, ms in check_ms.items():
             heard = self._last_heard.setdefault(addr, now)
             if now - heard > SILENT_CHECKS * ms / 1000:
                 silent[addr] = now - heard
             else:
-                self._sock(addr).send(head, zmq.NOBLOCK)
+                self._sock(addr).send(_PING, zmq.NOBLOCK)
         if silent:
             self._give_up(silent)
 

@@ -194,7 +194,6 @@ class NodeDaemon:
         self.awaiting: dict[str, list[Task]] = {}
         # Bundles in the cache whose bytes this node has checked against their hash.
         self.verified: set[str] = set()
-        self._bundle_strs: dict[str, str] = {}
         self._dir = tempfile.mkdtemp(prefix="lucidity-node-")
         os.chmod(self._dir, 0o700)
         # Where this node's workers put large results for same-host clients;
@@ -272,8 +271,17 @@ class NodeDaemon:
 
     # ---- control ---------------------------------------------------------
 
-    def _running(self) -> int:
-        return sum(1 for w in self.workers.values() if w.task and not w.blocked)
+    def _load(self) -> tuple[int, list[int]]:
+        """Workers running a job unblocked, and the depths of the blocked ones."""
+        running = 0
+        blocked: list[int] = []
+        for w in self.workers.values():
+            if w.task is not None:
+                if w.blocked:
+                    blocked.append(w.task.depth)
+                else:
+                    running += 1
+        return running, blocked
 
     def _heartbeat_frame(self, leaving: bool = False) -> bytes:
         return p.encode(
@@ -283,7 +291,7 @@ class NodeDaemon:
                 "addr": self.endpoint,
                 "workers": self.slots,
                 "procs": len(self.workers),
-                "busy": self._running(),
+                "busy": self._load()[0],
                 "queued": len(self.queue),
                 "pid": os.getpid(),
                 "leaving": leaving,
@@ -452,14 +460,7 @@ class NodeDaemon:
         queue = self.queue
         if not queue.size:
             return
-        running = 0
-        blocked: list[int] = []
-        for x in self.workers.values():
-            if x.task is not None:
-                if x.blocked:
-                    blocked.append(x.task.depth)
-                else:
-                    running += 1
+        running, blocked = self._load()
         while queue.size:
             task = queue.next_eligible(self.slots, running, blocked)
             if task is None:
@@ -501,7 +502,7 @@ class NodeDaemon:
             if bundle is not None and w.bundle != bundle:
                 # Once per worker: it keeps its one bundle on its path.
                 w.bundle = bundle
-                run["bundle_path"] = self._bundle_str(bundle)
+                run["bundle_path"] = str(self._bundle_path(bundle))
             head = p.encode(p.MsgType.RUN, run)
             send_frames(self.back, [w.wid, head, *task.payload])
 
@@ -534,12 +535,6 @@ class NodeDaemon:
 
     def _bundle_path(self, digest: str) -> Path:
         return self.cache_dir / f"{digest}.zip"
-
-    def _bundle_str(self, digest: str) -> str:
-        path = self._bundle_strs.get(digest)
-        if path is None:
-            path = self._bundle_strs[digest] = str(self._bundle_path(digest))
-        return path
 
     # ---- clients ---------------------------------------------------------
 

@@ -177,7 +177,7 @@ def _inbound(shm: InboundLike) -> _shm.Inbound:
 def loads_payload(frames: Sequence[Any], shm: InboundLike = None) -> Any:
     """Unpickle a payload; descriptors are mapped as `shm` says (by default
     read-only, from any private lucidity directory: a job's arguments)."""
-    return _loads(frames, shm)[0]
+    return _unpickle(frames, _manifest_of(frames), shm)
 
 
 def loads_request(
@@ -187,13 +187,10 @@ def loads_request(
     (None: as frames; else, when the caller asked for it with `reply` (the
     job's "shm" header), through the node's shared-memory directory, an
     echoed argument pointing back at the caller's file)."""
-    if _manifest_of(frames) is None:
-        args = pickle.loads(frames[0], buffers=frames[1:])  # most jobs
-        echo = None
-    else:
-        # An argument that came through shared memory may come back as itself.
-        echo = _shm.Inbound()
-        args, _ = _loads(frames, echo)
+    manifest = _manifest_of(frames)
+    # An argument that came through shared memory may come back as itself.
+    echo = None if manifest is None else _shm.Inbound()
+    args = _unpickle(frames, manifest, echo)
     directory = _shm.node_dir_from_env() if reply else None
     if directory is None:
         return args, None
@@ -252,12 +249,12 @@ def _manifest_of(frames: Sequence[Any]) -> dict[str, Any] | None:
     return manifest
 
 
-def _loads(
-    frames: Sequence[Any], shm: InboundLike
-) -> tuple[Any, dict[str, Any] | None]:
-    manifest = _manifest_of(frames)
+def _unpickle(
+    frames: Sequence[Any], manifest: dict[str, Any] | None, shm: InboundLike
+) -> Any:
+    """The payload's object, its descriptors (as `manifest` lists) mapped."""
     if manifest is None:
-        return pickle.loads(frames[0], buffers=frames[1:]), None
+        return pickle.loads(frames[0], buffers=frames[1:])
     buffers: list[Any] = list(frames[2:])
     placed: list[int] = manifest["shm"]
     if placed:
@@ -271,7 +268,7 @@ def _loads(
                 for rest in placed[n + 1 :]:
                     inbound.discard(buffers[rest])
                 raise
-    return pickle.loads(frames[1], buffers=buffers), manifest
+    return pickle.loads(frames[1], buffers=buffers)
 
 
 def dumps_error(exc: BaseException) -> list[Any]:
