@@ -1,7 +1,7 @@
 """The one event loop shape every daemon and client I/O thread runs.
 
 It owns a `zmq.Poller` over its sockets (and plain fds, such as a parent
-pipe or a pidfd), dispatches each ready socket to its handler, and runs timers
+pipe, a pidfd or a worker's link), dispatches each ready socket to its handler, and runs timers
 from a heap. The poll timeout is the time to the next timer: nothing sleeps,
 nothing polls on a period.
 """
@@ -26,6 +26,7 @@ Handler = Callable[[], None]
 # Plain ints: pyzmq's flag enums cost an enum operation per use (hot path).
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
 _NOBLOCK = NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 
@@ -48,6 +49,12 @@ class EventLoop:
     def add_reader(self, sock: zmq.Socket[Any] | int, handler: Handler) -> None:
         self._handlers[sock] = handler
         self._poller.register(sock, zmq.POLLIN)
+
+    def set_writable(self, fd: int, on: bool) -> None:
+        """Also run a reader's handler when `fd` is writable (`on`), or no
+        longer: for an fd with output waiting."""
+        if fd in self._handlers:
+            self._poller.register(fd, _POLLIN | _POLLOUT if on else _POLLIN)
 
     def remove_reader(self, sock: zmq.Socket[Any] | int) -> None:
         if self._handlers.pop(sock, None) is not None:

@@ -1,7 +1,7 @@
 """The node daemon: takes jobs from clients and runs them in worker processes.
 
-Workers are started ahead of time and connect back over an ipc socket in a
-private folder. The node keeps `slots` jobs running at once; a worker that
+Workers are started ahead of time, each linked to the node by a socketpair
+(`lucidity._link`). The node keeps `slots` jobs running at once; a worker that
 waits on a child job reports BLOCKED and gives its slot back (a new worker is
 started if none is idle), so nested jobs cannot deadlock even with one slot.
 A worker's death is seen through its pidfd, in the same poller as the sockets.
@@ -14,11 +14,10 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import signal
+import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from lucidity import _shm
+from lucidity import _link, _shm
 from lucidity import protocol as p
 from lucidity._daemon import announce, bind, install_stop, watch_parent
 from lucidity._loop import NOBLOCK, EventLoop, messages, send_frames
@@ -47,6 +46,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NODE_PORT = 3031
 HEARTBEAT_S = 0.5
+_STOP = p.encode(p.MsgType.STOP)
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -144,6 +144,10 @@ class Worker:
     wid: bytes
     proc: subprocess.Popen[bytes]
     pidfd: int
+    # The node's end of the link (non-blocking), and its two directions.
+    link: socket.socket
+    reader: _link.Reader
+    writer: _link.Writer
     ready: bool = False
     task: Task | None = None
     blocked: bool = False
@@ -194,17 +198,12 @@ class NodeDaemon:
         self.awaiting: dict[str, list[Task]] = {}
         # Bundles in the cache whose bytes this node has checked against their hash.
         self.verified: set[str] = set()
-        self._dir = tempfile.mkdtemp(prefix="lucidity-node-")
-        os.chmod(self._dir, 0o700)
         # Where this node's workers put large results for same-host clients;
         # heartbeats tell clients, which use it if on this host (boot id).
         self.shm_dir = _shm.make_dir("n", self.node_id)
         self.shm_info = (
             {"host": _shm.boot_id(), "shm": self.shm_dir} if self.shm_dir else {}
         )
-        self.back = self.ctx.socket(zmq.ROUTER)
-        self.back.linger = 0
-        self.back_endpoint = bind(self.back, f"ipc://{self._dir}/workers", "node")
         self.ctl: zmq.Socket[Any] | None = None
         if control:
             self.ctl = self.ctx.socket(zmq.DEALER)
@@ -213,7 +212,6 @@ class NodeDaemon:
             self.ctl.connect(control)
         self.loop = EventLoop()
         self.loop.add_reader(self.front, self._on_client)
-        self.loop.add_reader(self.back, self._on_worker)
         self.workers: dict[bytes, Worker] = {}
         # Queued jobs by nesting depth (see `_dispatch`).
         self.queue = _Queue()
@@ -261,12 +259,12 @@ class NodeDaemon:
                 w.proc.kill()
                 w.proc.wait()
             os.close(w.pidfd)
-        for sock in (self.front, self.back, self.ctl):
+            w.link.close()
+        for sock in (self.front, self.ctl):
             if sock is not None:
                 sock.close(0)
         self.guard.stop()
         self.ctx.term()
-        shutil.rmtree(self._dir, ignore_errors=True)
         _shm.remove_dir(self.shm_dir)
 
     # ---- control ---------------------------------------------------------
@@ -327,16 +325,46 @@ class NodeDaemon:
             env[_shm.NODE_DIR_ENV] = self.shm_dir
         else:
             env.pop(_shm.NODE_DIR_ENV, None)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lucidity.worker", self.back_endpoint],
-            stdin=subprocess.PIPE,
-            env=env,
-        )
+        link, theirs = socket.socketpair()
+        for end in (link, theirs):
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _link.BUFFER_BYTES)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _link.BUFFER_BYTES)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "lucidity.worker", str(theirs.fileno())],
+                stdin=subprocess.PIPE,
+                env=env,
+                pass_fds=(theirs.fileno(),),
+            )
+        except BaseException:
+            link.close()
+            raise
+        finally:
+            theirs.close()
+        link.setblocking(False)
         pidfd = os.pidfd_open(proc.pid)
-        w = Worker(wid=f"w{proc.pid}".encode(), proc=proc, pidfd=pidfd)
+        w = Worker(
+            wid=f"w{proc.pid}".encode(),
+            proc=proc,
+            pidfd=pidfd,
+            link=link,
+            reader=_link.Reader(link),
+            writer=_link.Writer(link),
+        )
         self.workers[w.wid] = w
         self.loop.add_reader(pidfd, lambda: self._on_worker_exit(w))
+        self.loop.add_reader(link.fileno(), lambda: self._on_link(w))
         return w
+
+    def _send_worker(self, w: Worker, frames: list[Any]) -> None:
+        """Send to a worker; what its link does not take at once goes out
+        when the link is writable (the node never blocks on a worker)."""
+        try:
+            if w.writer.send(frames):
+                self.loop.set_writable(w.link.fileno(), True)
+        except OSError as exc:
+            # It died: its pidfd reports the exit, and fails its job.
+            log.info("worker %s: link closed (%s)", w.wid.decode(), exc)
 
     def _kill(self, w: Worker) -> None:
         try:
@@ -359,6 +387,8 @@ class NodeDaemon:
     def _on_worker_exit(self, w: Worker) -> None:
         self.loop.remove_reader(w.pidfd)
         os.close(w.pidfd)
+        self.loop.remove_reader(w.link.fileno())
+        w.link.close()
         code = w.proc.wait()
         self.workers.pop(w.wid, None)
         if w.proc.stdin is not None:
@@ -390,21 +420,32 @@ class NodeDaemon:
             self._spawn()
         self._pump()
 
-    def _on_worker(self) -> None:
-        for frames in messages(self.back, copy=False):
-            wid = frames[0].bytes
-            w = self.workers.get(wid)
-            if w is None or len(frames) < 2:
-                continue
+    def _on_link(self, w: Worker) -> None:
+        fd = w.link.fileno()
+        if w.writer.pending:
             try:
-                msg = p.decode(frames[1].buffer)
+                if not w.writer.flush():
+                    self.loop.set_writable(fd, False)
+            except OSError:
+                w.writer.pending.clear()  # it died: its pidfd reports the exit
+        try:
+            batch = w.reader.read()
+        except BlockingIOError:
+            return
+        except (EOFError, OSError):
+            # It died (its pidfd reports the exit): stop watching a closed link.
+            self.loop.remove_reader(fd)
+            return
+        for frames in batch:
+            try:
+                msg = p.decode(frames[0])
             except p.FrameError as exc:
-                log.warning("dropped a bad frame from worker %s: %s", wid, exc)
+                log.warning("dropped a bad frame from worker %s: %s", w.wid, exc)
                 continue
             if msg.type == p.MsgType.READY:
                 w.ready = True
             elif msg.type == p.MsgType.DONE:
-                self._on_done(w, msg.header, frames[2:])
+                self._on_done(w, msg.header, frames[1:])
             elif msg.type == p.MsgType.BLOCKED:
                 w.blocked = True
             elif msg.type == p.MsgType.UNBLOCKED:
@@ -412,7 +453,7 @@ class NodeDaemon:
             self._pump()
 
     def _on_done(
-        self, w: Worker, header: dict[str, Any], payload: list[zmq.Frame]
+        self, w: Worker, header: dict[str, Any], payload: list[memoryview]
     ) -> None:
         task = w.task
         w.task = None
@@ -431,10 +472,7 @@ class NodeDaemon:
 
     def _retire(self, w: Worker) -> None:
         w.retiring = True
-        try:
-            self.back.send_multipart([w.wid, p.encode(p.MsgType.STOP)], zmq.NOBLOCK)
-        except zmq.ZMQError:
-            self._kill(w)
+        self._send_worker(w, [_STOP])
         w.ready = False
 
     def _idle_for(self, bundle: str | None) -> Worker | None:
@@ -504,7 +542,7 @@ class NodeDaemon:
                 w.bundle = bundle
                 run["bundle_path"] = str(self._bundle_path(bundle))
             head = p.encode(p.MsgType.RUN, run)
-            send_frames(self.back, [w.wid, head, *task.payload])
+            self._send_worker(w, [head, *task.payload])
 
     def _trim(self) -> None:
         """Let go of extra workers (started while others were blocked) once

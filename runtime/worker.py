@@ -1,7 +1,8 @@
 """A worker process: runs one job at a time for its node.
 
-Started by the node ahead of time (`python -m lucidity.worker ENDPOINT`), it
-connects back, says READY, and runs each RUN it is given: import the job by
+Started by the node ahead of time (`python -m lucidity.worker FD`, FD its end
+of a socketpair with the node: `lucidity._link`), it says READY and runs each
+RUN it is given: import the job by
 reference, unpickle the arguments, call, pickle the result or the error. It
 is also a client (nested jobs), and tells its node when user code blocks on
 a child job so the node can lend its slot out. It exits when its node's end
@@ -15,17 +16,15 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import zmq
-
-from lucidity import _shm
+from lucidity import _link, _shm
 from lucidity import protocol as p
-from lucidity._loop import recv_frames, send_frames
 from lucidity.errors import FuelExhaustedError, MemoryLimitError
 from lucidity.handle import set_blocking_hooks, set_job_depth
 
@@ -76,7 +75,7 @@ _UNBLOCKED = p.encode(p.MsgType.UNBLOCKED)
 class _Blocking:
     """Counts user threads blocked on child jobs; tells the node at 0<->1."""
 
-    def __init__(self, sock: zmq.Socket[Any], lock: threading.Lock) -> None:
+    def __init__(self, sock: socket.socket, lock: threading.Lock) -> None:
         self.sock = sock
         self.lock = lock
         self.depth = 0
@@ -85,13 +84,13 @@ class _Blocking:
         with self.lock:
             self.depth += 1
             if self.depth == 1:
-                self.sock.send(_BLOCKED)
+                _link.send(self.sock, [_BLOCKED])
 
     def unblocked(self) -> None:
         with self.lock:
             self.depth -= 1
             if self.depth == 0:
-                self.sock.send(_UNBLOCKED)
+                _link.send(self.sock, [_UNBLOCKED])
 
 
 def _proc_status_kb(*fields: str) -> dict[str, int]:
@@ -254,37 +253,37 @@ def _run_batch(
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    endpoint = argv[0]
+    sock = socket.socket(fileno=int(argv[0]))
+    sock.setblocking(True)
     threading.Thread(target=_watch_stdin, daemon=True, name="node-watch").start()
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    sock.setsockopt(zmq.IDENTITY, f"w{os.getpid()}".encode())
-    sock.connect(endpoint)
+    reader = _link.Reader(sock)
     lock = threading.Lock()
     hooks = _Blocking(sock, lock)
     set_blocking_hooks((hooks.blocked, hooks.unblocked))
-    sock.send(p.encode(p.MsgType.READY, {"pid": os.getpid()}))
-    while True:
-        frames = recv_frames(sock)
-        try:
-            msg = p.decode(frames[0].buffer)
-        except p.FrameError as exc:
-            log.warning("dropped a bad frame from the node: %s", exc)
-            continue
-        if msg.type == p.MsgType.STOP:
-            break
-        if msg.type != p.MsgType.RUN:
-            continue
-        ok, out, retire = _run(msg.header, [f.buffer for f in frames[1:]])
-        with lock:
-            send_frames(sock, [_DONE[ok, retire], *out])
-        if retire:
-            # After a limit hit the heap's state is unknown: a fresh worker
-            # takes this one's place.
-            break
-    sock.close(linger=2000)  # let a last DONE reach the node
-    ctx.term()
+    try:
+        _link.send(sock, [p.encode(p.MsgType.READY, {"pid": os.getpid()})])
+        while True:
+            frames = _link.recv(reader)
+            try:
+                msg = p.decode(frames[0])
+            except p.FrameError as exc:
+                log.warning("dropped a bad frame from the node: %s", exc)
+                continue
+            if msg.type == p.MsgType.STOP:
+                break
+            if msg.type != p.MsgType.RUN:
+                continue
+            ok, out, retire = _run(msg.header, frames[1:])
+            with lock:
+                _link.send(sock, [_DONE[ok, retire], *out])
+            if retire:
+                # After a limit hit the heap's state is unknown: a fresh worker
+                # takes this one's place.
+                break
+    except (EOFError, OSError):
+        pass  # the node is gone (its end of the link closed)
+    # What was sent before this stays readable by the node: no linger needed.
+    sock.close()
     os._exit(0)
 
 

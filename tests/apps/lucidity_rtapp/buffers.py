@@ -48,3 +48,16 @@ def die_once(marker: str, value: Any) -> str:
         Path(marker).write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
     return hashlib.sha256(memoryview(value)).hexdigest()
+
+
+@job
+def pieces(count: int, size: int) -> list[Any]:
+    """`count` buffers of `size` bytes, the i-th all byte i % 256: a result
+    of count + 1 frames."""
+    return [PickleBuffer(bytearray([i % 256]) * size) for i in range(count)]
+
+
+@job
+def digests(values: list[Any]) -> list[str]:
+    """The sha256 of each buffer argument."""
+    return [hashlib.sha256(memoryview(v)).hexdigest() for v in values]
