@@ -40,6 +40,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _cpu_list(text: str) -> frozenset[int]:
+    from lucidity._cpus import parse_cpus
+
+    try:
+        return parse_cpus(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_security(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--keys",
@@ -99,8 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument(
         "--workers",
         type=_positive_int,
-        default=os.cpu_count() or 1,
-        help="jobs run at once (default: the number of CPUs)",
+        default=None,
+        help="jobs run at once (default: the number of CPUs, or of --cpus)",
+    )
+    node.add_argument(
+        "--cpus",
+        type=_cpu_list,
+        default=None,
+        help="run the node and its workers on these CPUs only, e.g. 0-3,6 "
+        "(default: any)",
     )
     node.add_argument(
         "--heartbeat-ms",
@@ -266,9 +282,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         NodeDaemon(
             args.bind,
             None if args.standalone else args.control,
-            args.workers,
+            args.workers or (len(args.cpus) if args.cpus else os.cpu_count() or 1),
             heartbeat_s=args.heartbeat_ms,
             cache_dir=args.cache,
+            cpus=args.cpus,
             **_security(args),
         ).run(parent_fd=0 if args.parent_pipe else None)
         return 0

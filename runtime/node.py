@@ -175,9 +175,14 @@ class NodeDaemon:
         keys: Keys | None = None,
         insecure: bool = False,
         max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+        cpus: frozenset[int] | None = None,
     ) -> None:
         if workers < 1:
             raise SystemExit(f"lucidity node: --workers must be >= 1, got {workers}")
+        if cpus:
+            # Before any thread starts (zmq's I/O thread, the workers): they
+            # inherit it.
+            os.sched_setaffinity(0, cpus)
         check_bind(bind_address, keys, insecure, "node")
         self.node_id = uuid.uuid4().hex[:12]
         self.slots = workers

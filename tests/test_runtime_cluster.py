@@ -243,6 +243,8 @@ def test_malformed_frames_do_not_crash_the_daemons(
     [
         (["node", "--workers", "0"], "--workers: 0 must be >= 1"),
         (["node", "--workers", "many"], "'many' is not a whole number"),
+        (["node", "--cpus", "x"], "--cpus: 'x' is not a CPU list (e.g. 0-3,6)"),
+        (["node", "--cpus", "4095"], "--cpus: CPU 4095 is not available here"),
         (["control", "--dead-after-ms", "0"], "must be > 0 ms"),
         (["node", "--heartbeat-ms", "-5"], "must be > 0 ms"),
     ],

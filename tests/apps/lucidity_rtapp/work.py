@@ -167,3 +167,9 @@ def parent_of_sleep(seconds: float) -> float:
     from lucidity_rtapp.work_jobs import sleep_remote
 
     return sleep_remote(seconds)
+
+
+@job
+def cpus() -> list[int]:
+    """The CPUs this worker may run on."""
+    return sorted(os.sched_getaffinity(0))
