@@ -392,6 +392,12 @@ class NodeDaemon:
     def _on_worker_exit(self, w: Worker) -> None:
         self.loop.remove_reader(w.pidfd)
         os.close(w.pidfd)
+        # What it sent before it exited is still in the link, and may be the
+        # DONE of its job (a worker that hit a limit answers, then exits).
+        # Read it as from a worker that takes no more jobs.
+        w.ready, w.retiring = False, True
+        while self._read_link(w):
+            pass
         self.loop.remove_reader(w.link.fileno())
         w.link.close()
         code = w.proc.wait()
@@ -433,14 +439,19 @@ class NodeDaemon:
                     self.loop.set_writable(fd, False)
             except OSError:
                 w.writer.pending.clear()  # it died: its pidfd reports the exit
+        self._read_link(w)
+
+    def _read_link(self, w: Worker) -> bool:
+        """Handle what has come in full from a worker, after one read of its
+        link; False when there was nothing to read or the link is closed."""
         try:
             batch = w.reader.read()
         except BlockingIOError:
-            return
+            return False
         except (EOFError, OSError):
             # It died (its pidfd reports the exit): stop watching a closed link.
-            self.loop.remove_reader(fd)
-            return
+            self.loop.remove_reader(w.link.fileno())
+            return False
         for frames in batch:
             try:
                 msg = p.decode(frames[0])
@@ -456,6 +467,7 @@ class NodeDaemon:
             elif msg.type == p.MsgType.UNBLOCKED:
                 w.blocked = False
             self._pump()
+        return True
 
     def _on_done(
         self, w: Worker, header: dict[str, Any], payload: list[memoryview]

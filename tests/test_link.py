@@ -4,6 +4,7 @@ node's non-blocking end, and messages of many frames through a real node."""
 from __future__ import annotations
 
 import hashlib
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -13,10 +14,15 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from waits import wait_until
 
+import lucidity
 from lucidity import _link
+from lucidity.client import get_client
+from lucidity.errors import FuelExhaustedError
 
 MIB = 1 << 20
+WAIT_S = 20.0
 
 
 @pytest.fixture
@@ -157,3 +163,39 @@ def test_payloads_of_many_frames_cross_the_node_both_ways(rt_client: Any) -> Non
     sent = [PickleBuffer(bytes([i % 256]) * (i % 50 + 1)) for i in range(1500)]
     expected = [hashlib.sha256(memoryview(v)).hexdigest() for v in sent]
     assert digests_remote(sent) == expected
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_an_answer_sent_just_before_the_worker_exits_is_not_lost(
+    rt_daemons: Any, procs: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job over its fuel answers FuelExhaustedError, and its worker exits.
+    With the node stopped meanwhile, the exit and the answer are both waiting
+    when it goes on, the exit seen first: the answer must still win over
+    "worker lost"."""
+    from lucidity_rtapp.work_jobs import spin_remote_async, square_remote
+
+    control = rt_daemons.control()
+    node = rt_daemons.node(control.endpoint)
+    lucidity.connect(control.endpoint)
+    get_client().wait_for_nodes(1, timeout=WAIT_S)
+    assert square_remote(3) == 9  # its one worker is up and idle
+    [worker] = wait_until(lambda: procs.children(node.pid), WAIT_S, "the worker")
+    idle = _cpu_ticks(worker)
+    job = spin_remote_async(30.0)
+    wait_until(lambda: _cpu_ticks(worker) > idle + 2, WAIT_S, "the job to run")
+    rt_daemons.signal(node, signal.SIGSTOP)
+    try:
+        # Out of fuel, it answered and exited; its stopped node has not reaped it.
+        wait_until(lambda: procs.stat(worker)[0] == "Z", WAIT_S, "the worker to exit")
+    finally:
+        rt_daemons.signal(node, signal.SIGCONT)
+    with pytest.raises(FuelExhaustedError):
+        job.result(timeout=WAIT_S)
+    # Not a "worker lost" that the client ran again (and that ran out of fuel too).
+    assert "running it again" not in caplog.text
