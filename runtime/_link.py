@@ -64,8 +64,8 @@ class Reader:
 
         Raises EOFError when the peer has closed its end, and whatever the
         socket raises (BlockingIOError on a non-blocking socket with nothing
-        to read). Frames are views of buffers this reader never reuses, so
-        they may be kept.
+        to read). Frames are read-only views of buffers this reader never
+        reuses, so they may be kept.
         """
         if self.big is not None:
             n = self.sock.recv_into(self.big[self.got :])
@@ -74,7 +74,9 @@ class Reader:
             self.got += n
             if self.got < len(self.big):
                 return []
-            whole, self.big = self.big, None
+            # Read-only, as frames of bytes are: a job's arguments arrive
+            # the same however large they are.
+            whole, self.big = self.big.toreadonly(), None
             return [_split(whole, 0, self.lengths)]
         data = self.sock.recv(_CHUNK)
         if not data:
