@@ -4,12 +4,10 @@ node's non-blocking end, and messages of many frames through a real node."""
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from pickle import PickleBuffer
 from typing import Any
 
@@ -19,7 +17,7 @@ from hypothesis import strategies as st
 from waits import wait_until
 
 import lucidity
-from lucidity import _link, _shm
+from lucidity import _link
 from lucidity.client import get_client
 from lucidity.errors import FuelExhaustedError
 
@@ -203,28 +201,3 @@ def test_an_answer_sent_just_before_the_worker_exits_is_not_lost(
         job.result(timeout=WAIT_S)
     # Not a "worker lost" that the client ran again (and that ran out of fuel too).
     assert "running it again" not in caplog.text
-
-
-def test_more_than_the_link_takes_at_once_reaches_the_worker_whole(
-    rt_daemons: Any, tmp_path: Path
-) -> None:
-    """Without shared memory, a 24 MiB argument crosses the node's link to
-    its worker as frames: more than the socket takes at once, so the node
-    sends the rest as the worker drains it (never blocking on it)."""
-    from lucidity_rtapp.buffers_jobs import fill_remote_async, inspect_remote_async
-
-    rt_daemons.env = {**rt_daemons.env, _shm.ROOT_ENV: str(tmp_path / "no-shm")}
-    control = rt_daemons.control()
-    rt_daemons.node(control.endpoint)
-    lucidity.connect(control.endpoint)
-    [node] = get_client().wait_for_nodes(1, timeout=WAIT_S)
-    assert "shm" not in node
-    data = os.urandom(24 * MIB)
-    for _ in range(2):  # the link is usable after a partial send
-        # Bounded: a send cut short would leave the worker waiting for the rest.
-        job = inspect_remote_async(PickleBuffer(data))
-        digest, writable, kind = job.result(timeout=WAIT_S)
-        assert digest == hashlib.sha256(data).hexdigest()
-        assert (writable, kind) == (False, "memoryview")
-    made = fill_remote_async(24 * MIB, 5).result(timeout=WAIT_S)
-    assert bytes(made) == b"\x05" * (24 * MIB)

@@ -504,7 +504,10 @@ def test_a_job_in_shared_memory_is_placed_only_on_this_host(
 
 
 def test_nodes_without_shm_get_frames(rt_daemons: Any, tmp_path: Path) -> None:
-    from lucidity_rtapp.buffers_jobs import fill_remote, inspect_remote
+    """Without shared memory, 24 MiB arguments and results go as frames: more
+    than the node's link to its worker takes at once, so the node sends the
+    rest as the worker drains it (`lucidity._link`, never blocking on it)."""
+    from lucidity_rtapp.buffers_jobs import fill_remote_async, inspect_remote_async
 
     rt_daemons.env = {**rt_daemons.env, _shm.ROOT_ENV: str(tmp_path / "no-shm")}
     control = rt_daemons.control()
@@ -512,11 +515,15 @@ def test_nodes_without_shm_get_frames(rt_daemons: Any, tmp_path: Path) -> None:
     lucidity.connect(control.endpoint)
     [node] = get_client().wait_for_nodes(1, timeout=WAIT_S)
     assert "shm" not in node
-    data = bytearray(os.urandom(2 * MIB))
-    digest, _, kind = inspect_remote(PickleBuffer(data))
-    assert digest == hashlib.sha256(data).hexdigest()
-    assert kind != "mmap"
-    assert bytes(fill_remote(2 * MIB, 3)) == b"\x03" * (2 * MIB)
+    data = os.urandom(24 * MIB)
+    for _ in range(2):  # the link is usable after a partial send
+        # Bounded: a send cut short would leave the worker waiting for the rest.
+        job = inspect_remote_async(PickleBuffer(data))
+        digest, writable, kind = job.result(timeout=WAIT_S)
+        assert digest == hashlib.sha256(data).hexdigest()
+        assert (writable, kind) == (False, "memoryview")  # a frame, not a mapping
+    made = fill_remote_async(24 * MIB, 3).result(timeout=WAIT_S)
+    assert bytes(made) == b"\x03" * (24 * MIB)
 
 
 def test_a_node_removes_its_folder_when_it_stops(rt_daemons: Any) -> None:
