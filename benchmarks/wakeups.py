@@ -34,7 +34,7 @@ WARMUP = 200
 
 def _bounce(
     n: int,
-    child_setup: Callable[[], Callable[[bytes], None] | None],
+    child_setup: Callable[[], None],
     parent_link: Callable[[], tuple[Callable[[bytes], None], Callable[[], bytes]]],
     cpus: tuple[int | None, int | None] = (None, None),
 ) -> float:

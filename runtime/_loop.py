@@ -1,9 +1,9 @@
 """The one event loop shape every daemon and client I/O thread runs.
 
 It owns a `zmq.Poller` over its sockets (and plain fds, such as a parent
-pipe, a pidfd or a worker's link), dispatches each ready socket to its handler, and runs timers
-from a heap. The poll timeout is the time to the next timer: nothing sleeps,
-nothing polls on a period.
+pipe, a pidfd or a worker's link), dispatches each ready socket to its
+handler, and runs timers from a heap. The poll timeout is the time to the
+next timer: nothing sleeps, nothing polls on a period.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ Each node runs on its own share of the CPUs (`--cpus`), as on a machine of
 its own: a job's hops between a node and its worker then stay on one CPU.
 On the 2-CPU VMs this was measured on, a wake-up across CPUs costs about
 35 us and one on the same CPU under 2 us: a `_remote` round trip went from
-about 360 to 290 us, and nested and fanout throughput rose 10-15%.
+about 365 to 250 us, nested throughput rose about 25% and fanout about 20%
+(benchmarks/FASTPATH.md).
 
 Only this process tree can use it: the daemons listen on ipc sockets in a
 private (0700) temporary folder, so another local user cannot even connect,

@@ -2,11 +2,11 @@
 
 Started by the node ahead of time (`python -m lucidity.worker FD`, FD its end
 of a socketpair with the node: `lucidity._link`), it says READY and runs each
-RUN it is given: import the job by
-reference, unpickle the arguments, call, pickle the result or the error. It
-is also a client (nested jobs), and tells its node when user code blocks on
-a child job so the node can lend its slot out. It exits when its node's end
-of the stdin pipe closes, whatever the user code is doing.
+RUN it is given: import the job by reference, unpickle the arguments, call,
+pickle the result or the error. It is also a client (nested jobs), and
+tells its node when user code blocks on a child job so the node can lend its
+slot out. It exits when its node's end of the stdin pipe closes, whatever the
+user code is doing.
 """
 
 from __future__ import annotations

@@ -46,23 +46,32 @@ GONE_TIMEOUT_S = 10.0
 # ---- processes, seen through /proc ------------------------------------------
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of `pid`, or None if there is no such process."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first),
+    or None if there is no such process."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1])
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of `pid`, or None if there is no such process."""
+    fields = _stat_fields(pid)
+    return None if fields is None else (fields[0], int(fields[1]))
 
 
 def start_time(pid: int) -> int | None:
     """When `pid` started (clock ticks after boot): tells a pid from its reuse."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return int(text[text.rindex(")") + 2 :].split()[19])
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """CPU time `pid` has used (user + system, clock ticks)."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[11]) + int(fields[12])
 
 
 def alive(pid: int) -> bool:
@@ -118,6 +127,7 @@ class Procs:
     wait_gone = staticmethod(wait_gone)
     kill_pids = staticmethod(kill_pids)
     stat = staticmethod(_stat)
+    cpu_ticks = staticmethod(cpu_ticks)
 
 
 @pytest.fixture(scope="session")

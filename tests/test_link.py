@@ -167,12 +167,6 @@ def test_payloads_of_many_frames_cross_the_node_both_ways(rt_client: Any) -> Non
     assert digests_remote(sent) == expected
 
 
-def _cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
 def test_an_answer_sent_just_before_the_worker_exits_is_not_lost(
     rt_daemons: Any, procs: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -188,9 +182,9 @@ def test_an_answer_sent_just_before_the_worker_exits_is_not_lost(
     get_client().wait_for_nodes(1, timeout=WAIT_S)
     assert square_remote(3) == 9  # its one worker is up and idle
     [worker] = wait_until(lambda: procs.children(node.pid), WAIT_S, "the worker")
-    idle = _cpu_ticks(worker)
+    idle = procs.cpu_ticks(worker)
     job = spin_remote_async(30.0)
-    wait_until(lambda: _cpu_ticks(worker) > idle + 2, WAIT_S, "the job to run")
+    wait_until(lambda: procs.cpu_ticks(worker) > idle + 2, WAIT_S, "the job to run")
     rt_daemons.signal(node, signal.SIGSTOP)
     try:
         # Out of fuel, it answered and exited; its stopped node has not reaped it.
