@@ -13,7 +13,6 @@ import collections
 import hashlib
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -47,7 +46,6 @@ log = logging.getLogger(__name__)
 DEFAULT_NODE_PORT = 3031
 HEARTBEAT_S = 0.5
 _STOP = p.encode(p.MsgType.STOP)
-_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def default_cache_dir() -> str:
@@ -121,6 +119,13 @@ class _Queue:
         return None
 
 
+# Workers that die before READY (a broken import, a bad environment) are
+# started again after a delay that doubles per such death in a row, from the
+# first to the last of these: a crash loop costs a process start per few
+# seconds, not one per 30 ms. One READY ends it.
+RESPAWN_FIRST_S = 0.1
+RESPAWN_MAX_S = 5.0
+
 # Surplus idle workers are kept this long before they are let go.
 SPARE_IDLE_S = 5.0
 
@@ -154,6 +159,8 @@ class Worker:
     # The one bundle this worker imports from, adopted with its first job.
     bundle: str | None = None
     retiring: bool = False
+    # It said READY once: a worker that dies before is one that cannot start.
+    greeted: bool = False
 
 
 @dataclass
@@ -230,6 +237,9 @@ class NodeDaemon:
         }
         self.client_seen: dict[bytes, float] = {}
         self._trim_timer: int | None = None
+        # Workers dead before READY in a row, and the timer of the next start.
+        self._early_exits = 0
+        self._respawn_timer: int | None = None
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -378,6 +388,11 @@ class NodeDaemon:
             pass
 
     def _terminate(self, w: Worker, grace_s: float) -> None:
+        """Stop a worker for its job's cancel. Its DONE may already be in the
+        link: were it given the next job, the signal (or the grace period's
+        SIGKILL) would kill that job instead. So it takes no job after this,
+        and is replaced when its pidfd reports the exit."""
+        w.ready, w.retiring = False, True
         if grace_s <= 0:
             self._kill(w)
             return
@@ -425,9 +440,39 @@ class NodeDaemon:
                         )
                     ),
                 )
+        elif not w.greeted:
+            self._early_exits += 1
+            log.warning(
+                "worker %s exited with %s before it was ready (%d in a row); "
+                "the next starts in %.1f s",
+                w.wid.decode(),
+                code,
+                self._early_exits,
+                self._respawn_delay(),
+            )
         else:
             log.info("worker %s exited (%s)", w.wid.decode(), code)
         if len(self.workers) < self.slots:
+            self._spawn_or_wait()
+        self._pump()
+
+    def _respawn_delay(self) -> float:
+        return min(RESPAWN_MAX_S, RESPAWN_FIRST_S * 2 ** max(0, self._early_exits - 1))
+
+    def _spawn_or_wait(self) -> None:
+        """Start a worker now, or after workers that died before READY, when
+        the backoff's timer fires (no second timer while one is set)."""
+        if self._early_exits == 0:
+            self._spawn()
+        elif self._respawn_timer is None:
+            self._respawn_timer = self.loop.call_later(
+                self._respawn_delay(), self._respawn
+            )
+
+    def _respawn(self) -> None:
+        self._respawn_timer = None
+        # Up to the slots, and one at least when jobs wait (`_dispatch` asked).
+        for _ in range(max(1 if self.queue else 0, self.slots - len(self.workers))):
             self._spawn()
         self._pump()
 
@@ -459,7 +504,8 @@ class NodeDaemon:
                 log.warning("dropped a bad frame from worker %s: %s", w.wid, exc)
                 continue
             if msg.type == p.MsgType.READY:
-                w.ready = True
+                w.ready = w.greeted = True
+                self._early_exits = 0
             elif msg.type == p.MsgType.DONE:
                 self._on_done(w, msg.header, frames[1:])
             elif msg.type == p.MsgType.BLOCKED:
@@ -536,9 +582,9 @@ class NodeDaemon:
                         ),
                         None,
                     )
-                    if other is not None:
+                    if other is not None and self._respawn_timer is None:
                         self._retire(other)
-                    self._spawn()
+                    self._spawn_or_wait()
                 return
             queue.remove(task)
             w.task = task
@@ -547,10 +593,10 @@ class NodeDaemon:
                 "target": task.header["target"],
                 "depth": task.depth,
             }
-            for limit in ("memory", "fuel"):
+            for limit in ("memory", "fuel"):  # checked: ints, or absent
                 if task.header.get(limit) is not None:
-                    run[limit] = int(task.header[limit])
-            if task.header.get("batch") in ("tuples", "single"):
+                    run[limit] = task.header[limit]
+            if task.header.get("batch") is not None:
                 run["batch"] = task.header["batch"]
             if task.header.get("shm"):
                 run["shm"] = 1  # the caller takes results through shared memory
@@ -611,7 +657,7 @@ class NodeDaemon:
                 continue
             try:
                 handler(ident, msg.header, frames[2:])
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError) as exc:  # FrameError too
                 log.warning("dropped a malformed %s: %r", msg.type.name, exc)
             # Per message, not after the burst: a job starts before the next
             # message (or the check for one) is read.
@@ -620,22 +666,14 @@ class NodeDaemon:
     def _on_submit(
         self, ident: bytes, header: dict[str, Any], payload: list[zmq.Frame]
     ) -> None:
-        job_id = int(header["id"])
-        target = header["target"]
-        if not isinstance(target, str) or ":" not in target:
-            raise ValueError(f"bad target {target!r}")
+        # The whole header first: past this point nothing may fail on it
+        # (a slot taken by a job that cannot start stays taken).
+        p.check_submit(header, MAX_DEPTH)
         if not payload:
             raise ValueError("no payload")
+        job_id: int = header["id"]
         bundle = header.get("bundle")
-        if (
-            bundle is not None
-            and bundle not in self.verified  # checked already
-            and not (isinstance(bundle, str) and _DIGEST.fullmatch(bundle))
-        ):
-            raise ValueError(f"bad bundle digest {bundle!r}")
-        depth = header.get("depth", 0)
-        if not isinstance(depth, int) or not 0 <= depth <= MAX_DEPTH:
-            raise ValueError(f"bad depth {depth!r}")
+        depth: int = header.get("depth") or 0
         task = Task(ident, job_id, header, payload, depth)
         self.tasks[(ident, job_id)] = task
         if bundle is not None and not self._have_bundle(bundle):
@@ -751,7 +789,8 @@ class NodeDaemon:
     def _on_cancel(
         self, ident: bytes, header: dict[str, Any], payload: list[zmq.Frame]
     ) -> None:
-        task = self.tasks.pop((ident, int(header["id"])), None)
+        p.check_cancel(header)
+        task = self.tasks.pop((ident, header["id"]), None)
         if task is None:
             return
         task.header["cancelled"] = True
@@ -764,7 +803,7 @@ class NodeDaemon:
             if task in waiting:
                 waiting.remove(task)
                 return
-        grace_s = max(0, int(header.get("grace_ms", 0))) / 1000
+        grace_s = (header.get("grace_ms") or 0) / 1000
         for w in self.workers.values():
             if w.task is task:
                 # SIGTERM lets the job clean up; SIGKILL after the job's
@@ -788,5 +827,5 @@ class NodeDaemon:
                 log.warning("job %d: its client is gone; result dropped", task.job_id)
                 return
             log.info("job %d: client unreachable (%s); will retry", task.job_id, exc)
-        interval = max(1, int(task.header.get("set_ms", 100))) / 1000
+        interval = (task.header.get("set_ms") or 100) / 1000  # checked: >= 1
         self.loop.call_later(interval, lambda: self._deliver(task, frames))

@@ -17,6 +17,7 @@ import enum
 import json
 import logging
 import pickle
+import re
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeAlias
@@ -30,6 +31,8 @@ __all__ = [
     "FrameError",
     "Message",
     "MsgType",
+    "check_cancel",
+    "check_submit",
     "decode",
     "discard_payload",
     "dumps_error",
@@ -133,6 +136,63 @@ def decode(frame: bytes | memoryview) -> Message:
     if not isinstance(header, dict):
         raise FrameError("header is not a JSON object")
     return Message(msg_type, header)
+
+
+# ---- header fields, checked before a daemon acts on a message ----------------
+
+# Limits of a SUBMIT's numbers: past these it is garbage, not a job (2**53:
+# what every JSON implementation keeps exact).
+MAX_INT = 2**53
+MAX_TARGET_CHARS = 1024
+BATCH_KINDS = ("tuples", "single")
+_DIGEST = re.compile(r"[0-9a-f]{64}").fullmatch
+
+
+def _int_field(
+    header: dict[str, Any], name: str, low: int, high: int = MAX_INT
+) -> None:
+    """Refuse `header[name]` (when present and not null) unless an int in
+    [low, high]; a bool is not a number here."""
+    value = header.get(name)
+    if value is None:
+        return
+    if type(value) is not int or not low <= value <= high:
+        raise FrameError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def check_submit(header: dict[str, Any], max_depth: int = 1000) -> None:
+    """Raise `FrameError` unless every field of a SUBMIT header has its type
+    and range: a node checks the whole header before it takes a slot, so a
+    malformed job is dropped whole, never half-started."""
+    if "id" not in header:
+        raise FrameError("SUBMIT without an id")
+    _int_field(header, "id", 0)
+    target = header.get("target")
+    if not isinstance(target, str) or ":" not in target:
+        raise FrameError(f"target must be 'module:function', got {target!r}")
+    if len(target) > MAX_TARGET_CHARS:
+        raise FrameError(f"target of {len(target)} characters")
+    bundle = header.get("bundle")
+    if bundle is not None and not (isinstance(bundle, str) and _DIGEST(bundle)):
+        raise FrameError(f"bundle must be a sha256 hex digest, got {bundle!r}")
+    _int_field(header, "depth", 0, max_depth)
+    _int_field(header, "memory", 1)
+    _int_field(header, "fuel", 1)
+    _int_field(header, "set_ms", 1)
+    shm = header.get("shm")
+    if shm is not None and (type(shm) not in (int, bool) or shm not in (0, 1)):
+        raise FrameError(f"shm must be 0 or 1, got {header['shm']!r}")
+    batch = header.get("batch")
+    if batch is not None and batch not in BATCH_KINDS:
+        raise FrameError(f"batch must be one of {BATCH_KINDS}, got {batch!r}")
+
+
+def check_cancel(header: dict[str, Any]) -> None:
+    """Raise `FrameError` unless a CANCEL names a job id (and a sane grace)."""
+    if "id" not in header:
+        raise FrameError("CANCEL without an id")
+    _int_field(header, "id", 0)
+    _int_field(header, "grace_ms", 0)
 
 
 def dumps_payload(obj: object, shm: _shm.Outbound | None = None) -> list[Any]:
