@@ -2,7 +2,8 @@
 
 Nodes heartbeat to it; clients subscribe and are sent the node list whenever
 it changes (and on every subscribe, which is also how a client re-syncs after
-a control restart). No job data passes through control.
+a control restart). Subscriptions are leases, dropped when not renewed. No
+job data passes through control.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class ControlDaemon:
         install_stop(self.loop)
         if parent_fd is not None:
             watch_parent(self.loop, parent_fd)
+        self._prune_subscribers()
         log.info("control listening on %s", self.endpoint)
         announce(self.endpoint)
         try:
@@ -134,9 +136,25 @@ class ControlDaemon:
         except zmq.ZMQError as exc:
             log.debug("could not send nodes to a subscriber: %s", exc)
 
-    def _broadcast(self) -> None:
+    def _drop_expired(self) -> None:
         now = time.monotonic()
-        self.subscribers = {i: t for i, t in self.subscribers.items() if t > now}
+        live = {i: t for i, t in self.subscribers.items() if t > now}
+        if len(live) < len(self.subscribers):
+            log.info(
+                "dropped %d expired subscriptions (%d left)",
+                len(self.subscribers) - len(live),
+                len(live),
+            )
+        self.subscribers = live
+
+    def _prune_subscribers(self) -> None:
+        """Drop expired subscriptions every half lease, whatever the nodes do:
+        clients come and go while membership may not change for days."""
+        self._drop_expired()
+        self.loop.call_later(SUBSCRIPTION_LEASE_S / 2, self._prune_subscribers)
+
+    def _broadcast(self) -> None:
+        self._drop_expired()
         frame = self._nodes_frame()
         for ident in self.subscribers:
             self._send_nodes(ident, frame)
