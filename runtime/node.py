@@ -29,6 +29,7 @@ from lucidity import _link, _shm
 from lucidity import protocol as p
 from lucidity._daemon import announce, bind, install_stop, watch_parent
 from lucidity._loop import NOBLOCK, EventLoop, messages, send_frames
+from lucidity.bundle import BundleCache, cache_max_bytes
 from lucidity.errors import ClusterError, WorkerLostError
 from lucidity.security import (
     DEFAULT_MAX_MESSAGE_MB,
@@ -206,10 +207,11 @@ class NodeDaemon:
         self.guard.server(self.front)
         self.endpoint = bind(self.front, bind_address, "node")
         self.cache_dir = Path(cache_dir or default_cache_dir())
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.cache = BundleCache(self.cache_dir, cache_max_bytes())
+        except (ClusterError, OSError) as exc:
+            raise SystemExit(f"lucidity node: bundle cache: {exc}") from None
         self.awaiting: dict[str, list[Task]] = {}
-        # Bundles in the cache whose bytes this node has checked against their hash.
-        self.verified: set[str] = set()
         # Where this node's workers put large results for same-host clients;
         # heartbeats tell clients, which use it if on this host (boot id).
         self.shm_dir = _shm.make_dir("n", self.node_id)
@@ -457,7 +459,8 @@ class NodeDaemon:
         self._pump()
 
     def _respawn_delay(self) -> float:
-        return min(RESPAWN_MAX_S, RESPAWN_FIRST_S * 2 ** max(0, self._early_exits - 1))
+        doublings = max(0, self._early_exits - 1)
+        return min(RESPAWN_MAX_S, RESPAWN_FIRST_S * 2.0**doublings)
 
     def _spawn_or_wait(self) -> None:
         """Start a worker now, or after workers that died before READY, when
@@ -635,7 +638,7 @@ class NodeDaemon:
         self._trim()  # busy extras are looked at again later
 
     def _bundle_path(self, digest: str) -> Path:
-        return self.cache_dir / f"{digest}.zip"
+        return self.cache.path(digest)
 
     # ---- clients ---------------------------------------------------------
 
@@ -731,34 +734,23 @@ class NodeDaemon:
         if hashlib.sha256(data).hexdigest() != digest:
             self._fail_awaiting(digest, "sent by the client does not match its hash")
             return
+        # Bundles a worker imports from, or a job waits for, stay.
+        keep = {w.bundle for w in self.workers.values() if w.bundle is not None}
+        keep.update(
+            t.header["bundle"] for t in self.tasks.values() if t.header.get("bundle")
+        )
+        try:
+            self.cache.put(digest, data, keep)
+        except OSError as exc:
+            self._fail_awaiting(digest, f"could not be cached: {exc}")
+            return
         waiting = self.awaiting.pop(digest)
-        path = self._bundle_path(digest)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        self.verified.add(digest)
         log.info("cached bundle %s (%d bytes)", digest[:12], len(data))
         for task in waiting:
             self.queue.append(task)
 
     def _have_bundle(self, digest: str) -> bool:
-        """Whether the cache holds this bundle, checked against its hash once
-        per node run: a file that does not match (a torn write, a damaged
-        disk, tampering) is fetched again, never imported."""
-        if digest in self.verified:
-            return True
-        try:
-            data = self._bundle_path(digest).read_bytes()
-        except FileNotFoundError:
-            return False
-        if hashlib.sha256(data).hexdigest() != digest:
-            log.warning(
-                "cached bundle %s does not match its hash; fetching it again",
-                digest[:12],
-            )
-            return False
-        self.verified.add(digest)
-        return True
+        return self.cache.has(digest)
 
     def _on_ping(
         self, ident: bytes, header: dict[str, Any], payload: list[zmq.Frame]

@@ -135,7 +135,9 @@ class Peer:
         self.sock.close(0)
         self.ctx.term()
 
-    def send(self, msg_type: p.MsgType, header: dict[str, Any], *payload: bytes) -> None:
+    def send(
+        self, msg_type: p.MsgType, header: dict[str, Any], *payload: bytes
+    ) -> None:
         self.sock.send_multipart([p.encode(msg_type, header), *payload])
 
     def submit(self, job_id: int, target: str, *args: Any, **extra: Any) -> None:
@@ -423,28 +425,32 @@ def test_bundle_cache_modes_and_safe_write(tmp_path: Path) -> None:
     assert not os.path.islink(cache.path(other_digest))
 
 
-def test_bundle_cache_evicts_oldest_first_within_its_bound(tmp_path: Path) -> None:
-    cache = bundle_mod.BundleCache(tmp_path / "c", max_bytes=250_000)
-    digests = []
-    for n in range(5):
-        data = _zip_of(f"m{n}", "x = 1\n", pad=100_000)
-        digest = hashlib.sha256(data).hexdigest()
-        cache.put(digest, data)
-        # mtime order, without depending on the clock's tick.
-        os.utime(cache.path(digest), (1_000_000 + n, 1_000_000 + n))
-        digests.append(digest)
-    # Using a bundle makes it recent again.
-    assert cache.has(digests[0])
-    data = _zip_of("last", "x = 1\n", pad=100_000)
-    last = hashlib.sha256(data).hexdigest()
-    cache.put(last, data, keep={digests[1]})
-    left = {d for d in [*digests, last] if cache.path(d).exists()}
-    # Within the bound; the newest, the one just used, and the kept one stay.
-    total = sum(cache.path(d).stat().st_size for d in left)
-    assert total <= 250_000 or left == {last, digests[0], digests[1]}
-    assert {last, digests[0], digests[1]} <= left
-    assert digests[2] not in left  # the oldest unused one went first
-    assert not cache.has(digests[2])
+def test_bundle_cache_evicts_least_recently_used_within_its_bound(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "c"
+    bound = 350_000  # three bundles of ~100 KB, not four
+    earlier = bundle_mod.BundleCache(folder, max_bytes=bound)
+    blobs = [_zip_of(f"m{n}", "x = 1\n", pad=100_000) for n in range(5)]
+    d = [hashlib.sha256(b).hexdigest() for b in blobs]
+    for n in range(3):
+        earlier.put(d[n], blobs[n])
+        # An earlier node run's order of use is its files' mtimes.
+        os.utime(earlier.path(d[n]), (1_000_000 + n, 1_000_000 + n))
+
+    def left() -> set[str]:
+        return {x for x in d if os.path.exists(folder / f"{x}.zip")}
+
+    def size() -> int:
+        return sum(os.path.getsize(folder / f"{x}.zip") for x in left())
+
+    cache = bundle_mod.BundleCache(folder, max_bytes=bound)  # a later run
+    assert cache.has(d[0])  # used in this run: now the most recent of the three
+    cache.put(d[3], blobs[3], keep={d[1]})  # d[1]: a worker imports from it
+    assert left() == {d[0], d[1], d[3]} and size() <= bound  # d[2] was oldest
+    assert not cache.has(d[2])
+    cache.put(d[4], blobs[4])
+    assert left() == {d[0], d[3], d[4]} and size() <= bound  # then d[1]
 
 
 # ---- item 13: the embedded cluster's socket folder ------------------------------
