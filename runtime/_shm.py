@@ -37,6 +37,10 @@ Who removes what:
   an flock on it, which the kernel drops when the owner dies, so the next
   lucidity node or client to make a directory on this host removes the ones
   nobody holds (`_sweep`); until then they use memory.
+
+The embedded cluster's folder of ipc sockets (`lucidity-s<pid>-<random>`,
+under /tmp: `make_socket_dir`) is held and swept the same way, so neither a
+SIGKILLed app nor a fork child that `os._exit`s leaves one behind for good.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import re
 import shutil
 import stat
 import sys
+import tempfile
 import threading
 import uuid
 import weakref
@@ -98,6 +103,10 @@ def _root() -> str:
 SHM_ROOT = _root()
 
 _DIR_NAME = re.compile(r"lucidity-[cn][0-9a-f]{1,32}-[0-9a-f]{12}")
+# The embedded cluster's socket folders: ipc paths are short-limited (~107
+# bytes), so they live under /tmp, not under SHM_ROOT.
+SOCKET_ROOT = "/tmp"
+_SOCKET_DIR_NAME = re.compile(r"lucidity-s[0-9]{1,10}-[0-9a-f]{12}")
 _FILE_NAME = re.compile(r"[ar][0-9a-f]{1,32}-[0-9a-f]{16}")
 _MAX_DESCRIPTOR = 256
 # A sanity bound on a descriptor's size (256 TiB).
@@ -145,49 +154,69 @@ def make_dir(kind: str, tag: str) -> str | None:
     if not SHM_ROOT or boot_id() is None:
         return None
     _sweep()
-    rand = uuid.uuid4().hex[:12]
-    path = os.path.join(SHM_ROOT, f"lucidity-{kind}{tag}-{rand}")
-    # Made under a name `_sweep` ignores, locked, then renamed: never seen
-    # unlocked under its real name.
-    new = os.path.join(SHM_ROOT, f".lucidity-new-{rand}")
     try:
-        os.mkdir(new, 0o700)
-        os.chmod(new, 0o700)  # whatever the umask
-        fd = os.open(new, _DIR_FLAGS)
+        return _locked_dir(SHM_ROOT, f"lucidity-{kind}{tag}")
     except OSError as exc:
         log.info("no shared memory (%s): large buffers go as frames", exc)
         return None
+
+
+def make_socket_dir() -> str:
+    """A new private (0700) folder under SOCKET_ROOT for an embedded
+    cluster's ipc sockets, held as `make_dir`'s are; folders of processes
+    that died without removing theirs are removed first. OSError if none."""
+    root = SOCKET_ROOT if os.path.isdir(SOCKET_ROOT) else tempfile.gettempdir()
+    _sweep(root, _SOCKET_DIR_NAME)
+    return _locked_dir(root, f"lucidity-s{os.getpid()}")
+
+
+def _locked_dir(root: str, stem: str) -> str:
+    """Make `root/stem-<random>` (0700), held by an flock of this process."""
+    rand = uuid.uuid4().hex[:12]
+    path = os.path.join(root, f"{stem}-{rand}")
+    # Made under a name `_sweep` ignores, locked, then renamed: never seen
+    # unlocked under its real name.
+    new = os.path.join(root, f".lucidity-new-{rand}")
+    os.mkdir(new, 0o700)
+    try:
+        os.chmod(new, 0o700)  # whatever the umask
+        fd = os.open(new, _DIR_FLAGS)
+    except OSError:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.rename(new, path)
-    except OSError as exc:
+    except OSError:
         os.close(fd)
         shutil.rmtree(new, ignore_errors=True)
-        log.info("no shared memory (%s): large buffers go as frames", exc)
-        return None
+        raise
     _locks[path] = fd
     return path
 
 
 def remove_dir(path: str | None) -> None:
-    """Remove a directory made by `make_dir` and every file left in it."""
-    if path and _DIR_NAME.fullmatch(os.path.basename(path)):
+    """Remove a directory made by `make_dir` (or `make_socket_dir`) and
+    every file left in it."""
+    name = os.path.basename(path or "")
+    if path and (_DIR_NAME.fullmatch(name) or _SOCKET_DIR_NAME.fullmatch(name)):
         shutil.rmtree(path, ignore_errors=True)
         fd = _locks.pop(path, None)
         if fd is not None:
             os.close(fd)
 
 
-def _sweep() -> None:
+def _sweep(root: str | None = None, pattern: re.Pattern[str] = _DIR_NAME) -> None:
     """Remove the directories of lucidity processes that died without
-    cleaning up (SIGKILL): ours, under SHM_ROOT, and unlocked."""
+    cleaning up (SIGKILL): ours, under `root` (SHM_ROOT), and unlocked."""
+    root = SHM_ROOT if root is None else root
     try:
-        names = os.listdir(SHM_ROOT)
+        names = os.listdir(root)
     except OSError:
         return
     for name in names:
-        path = os.path.join(SHM_ROOT, name)
-        if not _DIR_NAME.fullmatch(name) or path in _locks:
+        path = os.path.join(root, name)
+        if not pattern.fullmatch(name) or path in _locks:
             continue
         try:
             fd = os.open(path, _DIR_FLAGS)

@@ -14,7 +14,9 @@ about 365 to 250 us, nested throughput rose about 25% and fanout about 20%
 
 Only this process tree can use it: the daemons listen on ipc sockets in a
 private (0700) temporary folder, so another local user cannot even connect,
-let alone submit jobs. That is as private as CURVE on loopback TCP, without
+let alone submit jobs. The folder is held like the shared-memory ones
+(`lucidity._shm.make_socket_dir`): one left by an app that was SIGKILLed, or
+by a fork child that `os._exit`ed, is removed when the next cluster starts. That is as private as CURVE on loopback TCP, without
 its cost: encryption cut the throughput of large payloads by 3-4x.
 """
 
@@ -23,14 +25,13 @@ from __future__ import annotations
 import logging
 import os
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
+from lucidity import _shm
 from lucidity._cpus import available, format_cpus, split
 from lucidity.errors import ClusterError
 from lucidity.security import KEYS_ENV
@@ -150,15 +151,16 @@ class LocalCluster:
                 d.proc.stdin.close()
         for d in reversed(self.daemons):
             d.stop()
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        _shm.remove_dir(self.folder)
 
 
 def _private_folder() -> str:
-    # mkdtemp makes it 0700; ipc paths are short-limited (~107 bytes), so /tmp.
-    return tempfile.mkdtemp(
-        prefix="lucidity-", dir="/tmp" if os.path.isdir("/tmp") else None
-    )
+    try:
+        return _shm.make_socket_dir()
+    except OSError as exc:
+        raise ClusterError(
+            f"embedded cluster: cannot make a folder for its sockets: {exc}"
+        ) from None
 
 
 def _start(
