@@ -402,6 +402,30 @@ def _garbage(rng: random.Random) -> list[list[bytes]]:
         [head(p.MsgType.SUBMIT, b'{"id":1,"target":5}'), b"payload"],
         [head(p.MsgType.SUBMIT, b'{"id":2,"target":"a:b"}')],  # no payload
         [head(p.MsgType.SUBMIT, b'{"id":3,"target":"a:b","bundle":"../x"}'), b"p"],
+        # well-formed headers with a field of the wrong type or range: dropped
+        # whole (they used to take the one worker slot for good)
+        *(
+            [
+                head(
+                    p.MsgType.SUBMIT,
+                    b'{"id":%d,"target":"chaosapp.jobs:square",%s}' % (50 + n, field),
+                ),
+                p.dumps_payload((n,))[0],
+            ]
+            for n, field in enumerate(
+                [
+                    b'"memory":"x"',
+                    b'"fuel":[1]',
+                    b'"fuel":-1',
+                    b'"set_ms":"x"',
+                    b'"depth":1.5',
+                    b'"shm":"yes"',
+                    b'"batch":7',
+                    b'"memory":true',
+                ]
+            )
+        ),
+        [head(p.MsgType.CANCEL, b'{"id":1,"grace_ms":"x"}')],
         # well-formed header, a payload that is not a pickle: the job fails
         [head(p.MsgType.SUBMIT, b'{"id":4,"target":"chaosapp.jobs:square"}'), b"junk"],
         [head(p.MsgType.CANCEL, b'{"id":"nope"}')],
@@ -456,6 +480,9 @@ def test_garbage_at_every_port(cluster: Cluster) -> None:
     assert squares == [i * i for i in range(10)]
     assert "dropped" in ctl.log_text()
     assert all("dropped" in n.log_text() for n in nodes)
+    # Dropped before acting on them: no handler failed half-way.
+    for proc in (ctl, *nodes):
+        assert "event handler failed" not in proc.log_text(), proc.log_text()
     for proc in (ctl, *nodes):
         assert proc.proc.poll() is None, f"{proc.kind} died:\n{proc.log_text()}"
 
