@@ -202,9 +202,10 @@ class BundleCache:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise
-            log.warning("cached bundle %s is a symlink; fetching it again", digest[:12])
+            why = (
+                "is a symlink" if exc.errno == errno.ELOOP else f"cannot be read: {exc}"
+            )
+            log.warning("cached bundle %s %s; fetching it again", digest[:12], why)
             return False
         with open(fd, "rb") as f:
             st = os.fstat(fd)
