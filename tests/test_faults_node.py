@@ -38,6 +38,7 @@ from waits import wait_until
 
 from lucidity import bundle as bundle_mod
 from lucidity import protocol as p
+from lucidity.errors import ClusterError
 
 APP = '''
 """Jobs of the node fault tests."""
@@ -521,3 +522,13 @@ def test_embedded_socket_folders_do_not_outlive_their_app(
             hold.kill()
             hold.wait(10)
         procs.kill_pids(procs.wait_gone(tree, 5))
+
+
+def test_bundle_cache_refuses_a_folder_of_another_user(tmp_path: Path) -> None:
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a folder to another user (chown)")
+    os.chown(folder, 65534, 65534)
+    with pytest.raises(ClusterError, match=r"belongs to uid 65534, not to this user"):
+        bundle_mod.BundleCache(folder)
