@@ -194,14 +194,16 @@ def start_embedded(nodes: int = 2, workers: int | None = None) -> LocalCluster:
     folder = _private_folder()
     args = []
     for i in range(nodes):
-        node = ["node", "--bind", f"ipc://{folder}/node-{i}"]
+        node = ["node", "--bind", f"ipc://{folder}/node-{i}", "--insecure"]
         if shares:
             node += ["--cpus", format_cpus(shares[i])]
             count = workers or len(shares[i])
         else:
             count = workers or max(1, len(cpus) // nodes)
         args.append([*node, "--workers", str(count)])
-    return _start(folder, ["control", "--bind", f"ipc://{folder}/control"], args)
+    # No keys (--insecure): private by the folder (no warning for that).
+    control = ["control", "--bind", f"ipc://{folder}/control", "--insecure"]
+    return _start(folder, control, args)
 
 
 def start_private_node(workers: int | None = None) -> LocalCluster:
@@ -219,6 +221,7 @@ def start_private_node(workers: int | None = None) -> LocalCluster:
                 f"ipc://{folder}/node",
                 "--workers",
                 str(workers),
+                "--insecure",
             ]
         ],
     )

@@ -33,6 +33,7 @@ from lucidity._loop import NOBLOCK, EventLoop, messages, send_frames
 from lucidity.errors import ClusterError, WorkerLostError
 from lucidity.security import (
     DEFAULT_MAX_MESSAGE_MB,
+    INSECURE_ENV,
     KEYS_ENV,
     MAX_MESSAGE_ENV,
     Guard,
@@ -323,8 +324,10 @@ class NodeDaemon:
         # Workers are clients too (nested jobs): they use this node's keys.
         if self.guard.keys is not None:
             env[KEYS_ENV] = str(self.guard.keys.path)
+            env.pop(INSECURE_ENV, None)
         else:
             env.pop(KEYS_ENV, None)
+            env[INSECURE_ENV] = "1"  # not this user's default keys either
         env[MAX_MESSAGE_ENV] = str(self.guard.max_message_mb)
         if self.shm_dir is not None:
             env[_shm.NODE_DIR_ENV] = self.shm_dir
