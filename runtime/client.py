@@ -48,8 +48,8 @@ from lucidity.errors import (
 )
 from lucidity.handle import Job, blocking, child_depth
 from lucidity.security import (
-    HandshakeWatch,
     MAX_NODE_WORKERS,
+    HandshakeWatch,
     Keys,
     client_max_message,
     keys_from_env,
