@@ -259,6 +259,55 @@ def test_node_killed_mid_fanout_loses_no_item(cluster: Cluster, tmp_path: Path) 
     assert nodes[0].proc.poll() is None
 
 
+def test_node_killed_mid_chunk_runs_the_chunk_again_elsewhere(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of many items (about 1 s each): a node SIGKILLed halfway through
+    one loses the whole chunk, which runs again on the other node."""
+    from lucidity import client as client_module
+    from lucidity.client import get_client
+
+    _, nodes = cluster.start(2)
+    monkeypatch.setattr(client_module, "CHUNK_TARGET_S", 1.0)
+    client = get_client()
+    sent: list[tuple[str, list[int]]] = []  # (node, the chunk's items)
+    real = client.submit
+
+    def spy(target: str, options: Any, args: Any, **kw: Any) -> Any:
+        items = [a[0] for a in args] if kw.get("batch") else [args[0]]
+        sent.append((kw.get("addr") or "", items))
+        return real(target, options, args, **kw)
+
+    monkeypatch.setattr(client, "submit", spy)
+    progress = tmp_path / "progress"
+    progress.mkdir()
+    items = [(i, 0.05, str(progress)) for i in range(100)]
+    fut = in_thread(lambda: _stubs.fanout(ref("slow_square"), items))
+
+    def done(x: int) -> list[str]:
+        return [f.name for f in progress.glob(f"{x}-*")]
+
+    def halfway() -> list[int] | None:
+        # A chunk of many on the node to kill, begun, with >= 8 items to go
+        # (>= 400 ms, so it cannot finish before the kill lands).
+        for addr, chunk in list(sent):
+            if addr == nodes[1].endpoint and len(chunk) > 8:
+                ran = sum(1 for x in chunk if done(x))
+                if 1 <= ran <= len(chunk) - 8:
+                    return chunk
+        return None
+
+    chunk = wait_until(halfway, 30, "a chunk of many halfway on the node")
+    ran_before = [x for x in chunk if done(x)]
+    cluster.signal(nodes[1], signal.SIGKILL)
+    assert fut.result(60) == [i * i for i in range(100)]
+    assert nodes[0].proc.poll() is None
+    # The items of the lost chunk that had run ran again, on the other node.
+    for x in ran_before:
+        assert len(done(x)) == 2, (x, done(x))
+    assert all(done(x) for x in chunk)
+
+
 # ---- 2. a node SIGSTOPped while running a job ------------------------------------
 
 
