@@ -329,8 +329,9 @@ def test_stopped_node_job_completes_elsewhere(cluster: Cluster, tmp_path: Path) 
     assert value == 42
     assert ppid != stopped.pid, "the job's result came from the stopped node"
     assert ppid in by_pid
-    # Silence seen after 20 x 50 ms (or control's 1.5 s), plus the 1 s rerun.
-    assert elapsed < 6, elapsed
+    # Silence seen after 20 x 50 ms (or control's 1.5 s), plus the 1 s rerun:
+    # about 2.5 s; the ceiling leaves room for a loaded machine.
+    assert elapsed < 10, elapsed
     assert len(lines(report)) == 2
 
 
@@ -610,15 +611,17 @@ def test_limits_cancel_and_shutdown_grace(
         bounded(lambda: _stubs.run_remote(ref("alloc", memory=64 * 2**20), (200,)), 20)
     assert bounded(lambda: _stubs.run_remote(square, (3,)), 15) == 9
 
+    # Bounds on what must happen (the burn never ends, the sleep is 10 s),
+    # generous for a loaded 2-core machine: 200 ms of CPU can take seconds.
     t0 = time.monotonic()
     with pytest.raises(lucidity.FuelExhaustedError):
         bounded(lambda: _stubs.run_remote(ref("burn", fuel=2), ()), 15)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 10
 
     t0 = time.monotonic()
     with pytest.raises(lucidity.JobTimeoutError):
         bounded(lambda: _stubs.run_remote(ref("sleep_for", timeout=0.3), (10,)), 15)
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 5
     assert bounded(lambda: _stubs.run_remote(square, (4,)), 15) == 16
 
     # Cancel a running job: its worker is stopped and replaced.
