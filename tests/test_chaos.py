@@ -35,6 +35,7 @@ import lucidity
 from lucidity import _stubs
 from lucidity import protocol as p
 from lucidity.errors import WorkerLostError
+from lucidity.security import default_keys, secure_client
 
 APP = "chaosapp"
 READY_S = 15.0
@@ -470,6 +471,9 @@ def _spray(endpoint: str, msgs: list[list[bytes]], rng: random.Random) -> None:
     try:
         sock = ctx.socket(zmq.DEALER)
         sock.linger = 0
+        # An authorised member (this user's keys, as the daemons'):
+        # a stranger is refused at the handshake (test_security_cluster).
+        secure_client(sock, default_keys())
         sock.connect(endpoint)
         for msg in msgs:
             sock.send_multipart(msg)
@@ -520,6 +524,9 @@ def test_pathological_json_header_does_not_kill_daemons(cluster: Cluster) -> Non
         for endpoint in (ctl.endpoint, node.endpoint):
             sock = ctx.socket(zmq.DEALER)
             sock.linger = 0
+            # An authorised member (this user's keys, as the daemons'):
+            # a stranger is refused at the handshake (test_security_cluster).
+            secure_client(sock, default_keys())
             sock.connect(endpoint)
             sock.send_multipart([deep])
             sock.send_multipart([bigint])
@@ -543,6 +550,9 @@ def test_heartbeat_with_bogus_addr_does_not_break_clients(cluster: Cluster) -> N
     try:
         sock = ctx.socket(zmq.DEALER)
         sock.linger = 0
+        # An authorised member (this user's keys, as the daemons'):
+        # a stranger is refused at the handshake (test_security_cluster).
+        secure_client(sock, default_keys())
         sock.connect(ctl.endpoint)
         body = b'{"node":"fake0000","addr":"not-an-endpoint","workers":1}'
         for _ in range(4):
