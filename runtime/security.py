@@ -238,7 +238,14 @@ def _private_dir(path: Path) -> None:
 def _create(folder: Path, name: str) -> tuple[Path, Path]:
     public, secret = zmq.auth.create_certificates(folder, name)
     os.chmod(secret, 0o600)
+    os.chmod(public, 0o644)  # whatever the umask: read_authorized checks it
     return Path(public), Path(secret)
+
+
+def _authorize(public: Path, folder: Path, name: str) -> None:
+    target = folder / AUTHORIZED / f"{name}.key"
+    shutil.copyfile(public, target)
+    os.chmod(target, 0o644)
 
 
 def keygen(path: str | os.PathLike[str]) -> Path:
@@ -253,7 +260,7 @@ def keygen(path: str | os.PathLike[str]) -> Path:
     _private_dir(folder / AUTHORIZED)
     _create(folder, SERVER)
     member_public, _ = _create(folder, MEMBER)
-    shutil.copyfile(member_public, folder / AUTHORIZED / f"{MEMBER}.key")
+    _authorize(member_public, folder, MEMBER)
     return folder
 
 
@@ -276,7 +283,7 @@ def add_member(path: str | os.PathLike[str], name: str) -> Path:
     _private_dir(target)
     shutil.copyfile(folder / f"{SERVER}.key", target / f"{SERVER}.key")
     public, secret = _create(target, MEMBER)
-    shutil.copyfile(public, folder / AUTHORIZED / f"{name}.key")
+    _authorize(public, folder, name)
     return target
 
 
