@@ -50,6 +50,7 @@ from lucidity.client import (
     Client,
     get_client,
 )
+from lucidity.security import default_keys
 
 WAIT_S = 20.0
 RTAPP = "lucidity_rtapp.work"
@@ -327,10 +328,11 @@ def test_async_set_retry_interval_paces_redelivery_to_a_reconnecting_client(
         control.endpoint, "--cache", str(tmp_path / "cache"), workers=2
     )
     relay = relay_to(node.endpoint)
-    # A real client whose only way to the node is the relay. Its own checks of
-    # the node (async_get) tolerate 20 s of silence, so the cut below does
-    # not make it give the node up and run the jobs elsewhere.
-    client = Client(None, static_nodes=[relay.endpoint])
+    # A real client (this user's keys, as the daemons') whose only way to the
+    # node is the relay. Its own checks of the node (async_get) tolerate 20 s
+    # of silence, so the cut below does not make it give the node up and run
+    # the jobs elsewhere.
+    client = Client(None, static_nodes=[relay.endpoint], keys=default_keys())
     try:
         duration = 1.0
         jobs: dict[int, Any] = {}
@@ -680,7 +682,7 @@ def test_a_link_closed_during_the_handshake_is_not_an_authentication_error(
     control = rt_daemons.control()
     node = rt_daemons.node(control.endpoint, "--cache", str(tmp_path / "cache"))
     relay = relay_to(node.endpoint)
-    client = Client(None, static_nodes=[relay.endpoint])
+    client = Client(None, static_nodes=[relay.endpoint], keys=default_keys())
     try:
         path = tmp_path / "pid"
         options = validate_options({"async_get_retry_interval_ms": 1000})
