@@ -15,7 +15,9 @@ about 365 to 250 us, nested throughput rose about 25% and fanout about 20%
 Only this process tree can use it: the daemons listen on ipc sockets in a
 private (0700) temporary folder, so another local user cannot even connect,
 let alone submit jobs. That is as private as CURVE on loopback TCP, without
-its cost: encryption cut the throughput of large payloads by 3-4x.
+its cost: keys made a `_remote` round trip about 50 us (22%) slower
+(benchmarks/curve_cost.py). So its daemons run --insecure, and its nodes
+tell their workers (LUCIDITY_INSECURE) to use no keys either.
 """
 
 from __future__ import annotations
