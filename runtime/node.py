@@ -36,6 +36,7 @@ from lucidity.security import (
     INSECURE_ENV,
     KEYS_ENV,
     MAX_MESSAGE_ENV,
+    MAX_NODE_WORKERS,
     Guard,
     Keys,
     check_bind,
@@ -178,8 +179,11 @@ class NodeDaemon:
         max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
         cpus: frozenset[int] | None = None,
     ) -> None:
-        if workers < 1:
-            raise SystemExit(f"lucidity node: --workers must be >= 1, got {workers}")
+        if not 1 <= workers <= MAX_NODE_WORKERS:
+            raise SystemExit(
+                f"lucidity node: --workers must be in 1..{MAX_NODE_WORKERS}, "
+                f"got {workers}"
+            )
         if cpus:
             # Before any thread starts (zmq's I/O thread, the workers): they
             # inherit it.
