@@ -376,6 +376,23 @@ def test_embedded_cluster_is_private(app_dir: Path, monkeypatch: Any) -> None:
     assert not folder.exists()
 
 
+def test_embedded_cluster_makes_and_needs_no_keys(
+    own_config: tuple[Path, Any],
+) -> None:
+    """No cluster configured: the embedded one runs without keys (private by
+    its folder), and nothing of this user's keys folder is made or read."""
+    import lucidity
+    from lucidity.client import get_client
+
+    config, _ = own_config
+    try:
+        assert _square(get_client(), 5) == 25
+        assert get_client().keys is None
+    finally:
+        lucidity.shutdown()
+    assert not (config / "lucidity").exists()
+
+
 @pytest.mark.filterwarnings(
     "ignore:This process .* is multi-threaded:DeprecationWarning"
 )
