@@ -44,16 +44,24 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def connect(address: str, keys: str | os.PathLike[str] | None = None) -> None:
+def connect(
+    address: str,
+    keys: str | os.PathLike[str] | None = None,
+    *,
+    insecure: bool = False,
+) -> None:
     """Use the cluster whose control daemon listens at `address`.
 
     Call before the first job; without it (and without `LUCIDITY_CONTROL`),
     an embedded cluster starts on first use. `keys` is the cluster's keys
-    folder (from `lucidity keygen`), or a member's; default `$LUCIDITY_KEYS`.
+    folder (from `lucidity keygen`), or a member's; default `$LUCIDITY_KEYS`,
+    else this user's own (`$XDG_CONFIG_HOME/lucidity/keys`, which daemons
+    started without `--keys` use too). `insecure=True`: no keys, for a
+    cluster started with `--insecure`.
     """
     from lucidity.client import connect as _connect
 
-    _connect(address, keys)
+    _connect(address, keys, insecure=insecure)
 
 
 def shutdown() -> None:

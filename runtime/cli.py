@@ -40,6 +40,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _worker_count(text: str) -> int:
+    from lucidity.security import MAX_NODE_WORKERS
+
+    value = _positive_int(text)
+    if value > MAX_NODE_WORKERS:
+        raise argparse.ArgumentTypeError(f"{text} must be <= {MAX_NODE_WORKERS}")
+    return value
+
+
 def _cpu_list(text: str) -> frozenset[int]:
     from lucidity._cpus import parse_cpus
 
@@ -55,13 +64,15 @@ def _add_security(sub: argparse.ArgumentParser) -> None:
         metavar="DIR",
         default=os.environ.get("LUCIDITY_KEYS") or None,
         help="the cluster's keys folder, from `lucidity keygen` (default "
-        "$LUCIDITY_KEYS); with it every connection is encrypted and only "
-        "authorised members get in",
+        "$LUCIDITY_KEYS, else this user's own, made on first use in "
+        "$XDG_CONFIG_HOME/lucidity/keys): every connection is encrypted and "
+        "only authorised members get in",
     )
     sub.add_argument(
         "--insecure",
         action="store_true",
-        help="allow listening on a non-loopback address without keys",
+        help="run without keys: anyone who can connect can run code here "
+        "(clients then need LUCIDITY_INSECURE=1)",
     )
     sub.add_argument(
         "--max-message-mb",
@@ -107,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--bind", default=DEFAULT_NODE, help=f"(default {DEFAULT_NODE})")
     node.add_argument(
         "--workers",
-        type=_positive_int,
+        type=_worker_count,
         default=None,
         help="jobs run at once (default: the number of CPUs, or of --cpus)",
     )
@@ -144,7 +155,10 @@ def _parser() -> argparse.ArgumentParser:
         "--keys",
         metavar="DIR",
         default=os.environ.get("LUCIDITY_KEYS") or None,
-        help="keys folder (default $LUCIDITY_KEYS)",
+        help="keys folder (default $LUCIDITY_KEYS, else this user's own)",
+    )
+    status.add_argument(
+        "--insecure", action="store_true", help="ask a cluster run without keys"
     )
 
     keygen = sub.add_parser("keygen", help="make a cluster's CURVE keys")
@@ -158,14 +172,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _status(control: str, timeout: float, keys_dir: str | None) -> int:
+def _status(control: str, timeout: float, keys_dir: str | None, insecure: bool) -> int:
     import zmq
 
     from lucidity import protocol as p
     from lucidity import security as sec
     from lucidity.errors import AuthenticationError
 
-    keys = sec.load_keys(keys_dir) if keys_dir else None
+    if keys_dir:
+        keys: sec.Keys | None = sec.load_keys(keys_dir)
+    else:
+        keys = None if insecure else sec.default_keys()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
@@ -187,7 +204,7 @@ def _status(control: str, timeout: float, keys_dir: str | None) -> int:
                 print(
                     f"lucidity status: no answer from control at {control} within "
                     f"{timeout * 1000:.0f} ms (is it running? does the cluster "
-                    "require keys: --keys DIR or LUCIDITY_KEYS?)",
+                    "use other keys: --keys DIR, or none: --insecure?)",
                     file=sys.stderr,
                 )
                 return 1
@@ -242,9 +259,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _security(args: argparse.Namespace) -> dict[str, Any]:
-    from lucidity.security import load_keys
+    from lucidity.security import default_keys, load_keys, warn_open
 
-    keys = load_keys(args.keys, server=True) if args.keys else None
+    if args.keys:
+        keys = load_keys(args.keys, server=True)
+    elif args.insecure:
+        keys = None
+        warn_open(args.bind, args.command)
+    else:
+        keys = default_keys(server=True)
     return {
         "keys": keys,
         "insecure": args.insecure,
@@ -290,7 +313,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         ).run(parent_fd=0 if args.parent_pipe else None)
         return 0
     if args.command == "status":
-        return _status(args.control, args.timeout_ms, args.keys)
+        return _status(args.control, args.timeout_ms, args.keys, args.insecure)
     if args.command == "keygen":
         return _keygen(args.dir, args.member)
     raise AssertionError(args.command)

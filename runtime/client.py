@@ -48,6 +48,7 @@ from lucidity.errors import (
 )
 from lucidity.handle import Job, blocking, child_depth
 from lucidity.security import (
+    MAX_NODE_WORKERS,
     HandshakeWatch,
     Keys,
     client_max_message,
@@ -109,6 +110,14 @@ def _decode_error(frames: list[Any], node: str) -> BaseException:
     if tb:
         exc_obj.__cause__ = RemoteTraceback(f"{tb.rstrip()}\n(on node {node})")
     return exc_obj
+
+
+def _worker_slots(node: dict[str, Any]) -> int:
+    # A heartbeat's claim, bounded: a peer cannot size every fanout's window.
+    try:
+        return min(max(1, int(node.get("workers", 1))), MAX_NODE_WORKERS)
+    except (TypeError, ValueError):
+        return 1
 
 
 class _ChunkSizer:
@@ -922,7 +931,7 @@ class Client:
                     nodes = self._nodes or self.nodes(timeout=wait_s)
                     if not nodes:
                         raise self._no_nodes_error(options.init_retry_interval_ms)
-                    slots = sum(max(1, int(n.get("workers", 1))) for n in nodes)
+                    slots = sum(_worker_slots(n) for n in nodes)
                     with cond:
                         while (
                             len(out) >= FANOUT_WINDOW_PER_SLOT * slots and not failures
@@ -1416,6 +1425,7 @@ _client: Client | None = None
 _cluster: Any = None
 _address: str | None = None
 _keys: Keys | None = None
+_insecure = False
 _atexit_registered = False
 
 
@@ -1428,14 +1438,17 @@ def _check_address(address: str) -> str:
     return address
 
 
-def connect(address: str, keys: str | os.PathLike[str] | None = None) -> None:
+def connect(
+    address: str, keys: str | os.PathLike[str] | None = None, insecure: bool = False
+) -> None:
     """Use the control daemon at `address` from now on in this process, with
-    the keys folder `keys` (default `$LUCIDITY_KEYS`, if set)."""
-    global _address, _keys
+    the keys folder `keys` (default: see `keys_from_env`), or none if
+    `insecure`."""
+    global _address, _keys, _insecure
     _check_address(address)
     loaded = load_keys(keys) if keys is not None else None
     with _lock:
-        _address, _keys = address, loaded
+        _address, _keys, _insecure = address, loaded, insecure
     _reset()
 
 
@@ -1466,7 +1479,8 @@ def get_client() -> Client:
         env_control = os.environ.get("LUCIDITY_CONTROL")
         env_node = os.environ.get("LUCIDITY_NODE")
         if _address is not None:
-            _client = Client(_address, keys=_keys or keys_from_env())
+            keys = _keys if _keys or _insecure else keys_from_env()
+            _client = Client(_address, keys=keys)
         elif env_control:
             _client = Client(
                 _check_address(env_control), local_node=env_node, keys=keys_from_env()

@@ -18,7 +18,13 @@ from lucidity import protocol as p
 from lucidity._daemon import announce, bind, install_stop, watch_parent
 from lucidity._liveness import Membership
 from lucidity._loop import EventLoop, messages
-from lucidity.security import DEFAULT_MAX_MESSAGE_MB, Guard, Keys, check_bind
+from lucidity.security import (
+    DEFAULT_MAX_MESSAGE_MB,
+    MAX_NODE_WORKERS,
+    Guard,
+    Keys,
+    check_bind,
+)
 
 __all__ = ["ControlDaemon", "DEFAULT_CONTROL_PORT"]
 
@@ -94,9 +100,12 @@ class ControlDaemon:
         addr = str(header["addr"])
         if not addr.startswith(("tcp://", "ipc://")):
             raise ValueError(f"node address {addr!r} is not a ZeroMQ endpoint")
+        workers = int(header["workers"])
+        if not 1 <= workers <= MAX_NODE_WORKERS:
+            raise ValueError(f"workers {workers} not in 1..{MAX_NODE_WORKERS}")
         info = {
             "addr": addr,
-            "workers": int(header["workers"]),
+            "workers": workers,
             "procs": int(header.get("procs", 0)),
             "busy": int(header.get("busy", 0)),
             "queued": int(header.get("queued", 0)),

@@ -16,8 +16,11 @@ Only this process tree can use it: the daemons listen on ipc sockets in a
 private (0700) temporary folder, so another local user cannot even connect,
 let alone submit jobs. The folder is held like the shared-memory ones
 (`lucidity._shm.make_socket_dir`): one left by an app that was SIGKILLed, or
-by a fork child that `os._exit`ed, is removed when the next cluster starts. That is as private as CURVE on loopback TCP, without
-its cost: encryption cut the throughput of large payloads by 3-4x.
+by a fork child that `os._exit`ed, is removed when the next cluster starts.
+That is as private as CURVE on loopback TCP, without its cost: keys made a
+`_remote` round trip about 50 us (22%) slower (benchmarks/curve_cost.py). So
+its daemons run --insecure, and its nodes tell their workers
+(LUCIDITY_INSECURE) to use no keys either.
 """
 
 from __future__ import annotations
@@ -196,14 +199,16 @@ def start_embedded(nodes: int = 2, workers: int | None = None) -> LocalCluster:
     folder = _private_folder()
     args = []
     for i in range(nodes):
-        node = ["node", "--bind", f"ipc://{folder}/node-{i}"]
+        node = ["node", "--bind", f"ipc://{folder}/node-{i}", "--insecure"]
         if shares:
             node += ["--cpus", format_cpus(shares[i])]
             count = workers or len(shares[i])
         else:
             count = workers or max(1, len(cpus) // nodes)
         args.append([*node, "--workers", str(count)])
-    return _start(folder, ["control", "--bind", f"ipc://{folder}/control"], args)
+    # No keys (--insecure): private by the folder (no warning for that).
+    control = ["control", "--bind", f"ipc://{folder}/control", "--insecure"]
+    return _start(folder, control, args)
 
 
 def start_private_node(workers: int | None = None) -> LocalCluster:
@@ -221,6 +226,7 @@ def start_private_node(workers: int | None = None) -> LocalCluster:
                 f"ipc://{folder}/node",
                 "--workers",
                 str(workers),
+                "--insecure",
             ]
         ],
     )

@@ -33,8 +33,10 @@ from lucidity.bundle import BundleCache, cache_max_bytes
 from lucidity.errors import ClusterError, WorkerLostError
 from lucidity.security import (
     DEFAULT_MAX_MESSAGE_MB,
+    INSECURE_ENV,
     KEYS_ENV,
     MAX_MESSAGE_ENV,
+    MAX_NODE_WORKERS,
     Guard,
     Keys,
     check_bind,
@@ -185,8 +187,11 @@ class NodeDaemon:
         max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
         cpus: frozenset[int] | None = None,
     ) -> None:
-        if workers < 1:
-            raise SystemExit(f"lucidity node: --workers must be >= 1, got {workers}")
+        if not 1 <= workers <= MAX_NODE_WORKERS:
+            raise SystemExit(
+                f"lucidity node: --workers must be in 1..{MAX_NODE_WORKERS}, "
+                f"got {workers}"
+            )
         if cpus:
             # Before any thread starts (zmq's I/O thread, the workers): they
             # inherit it.
@@ -335,8 +340,10 @@ class NodeDaemon:
         # Workers are clients too (nested jobs): they use this node's keys.
         if self.guard.keys is not None:
             env[KEYS_ENV] = str(self.guard.keys.path)
+            env.pop(INSECURE_ENV, None)
         else:
             env.pop(KEYS_ENV, None)
+            env[INSECURE_ENV] = "1"  # not this user's default keys either
         env[MAX_MESSAGE_ENV] = str(self.guard.max_message_mb)
         if self.shm_dir is not None:
             env[_shm.NODE_DIR_ENV] = self.shm_dir

@@ -17,6 +17,14 @@ receives against the folder as it is now (cached until the folder changes),
 so a revoked member is refused new connections and its messages on open
 connections are dropped, with no restart or signal.
 
+Without `--keys` (or `$LUCIDITY_KEYS`), daemons, `lucidity status` and
+clients all use this user's own keys folder, `$XDG_CONFIG_HOME/lucidity/keys`
+(default `~/.config/lucidity/keys`), made 0700 on first use: a hand-started
+cluster is closed to other local users, and its own user notices nothing.
+`--insecure` (daemons, status) or `LUCIDITY_INSECURE=1` (clients) runs open.
+Secret keys readable by group or others, and an `authorized/` folder or key
+that others may write, are refused.
+
 Daemons run a `zmq.auth.ThreadAuthenticator` (the ZAP handler) on their
 context. Clients watch each socket's handshake through a socket monitor, so a
 refused client fails within moments with a message saying why, never hangs.
@@ -28,6 +36,9 @@ import ipaddress
 import logging
 import os
 import shutil
+import stat
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +54,10 @@ from lucidity.errors import AuthenticationError, KeysError
 __all__ = [
     "DEFAULT_MAX_MESSAGE_MB",
     "HANDSHAKE_EVENTS",
+    "INSECURE_ENV",
     "KEYS_ENV",
     "MAX_MESSAGE_ENV",
+    "MAX_NODE_WORKERS",
     "Authorizer",
     "Guard",
     "HandshakeWatch",
@@ -52,7 +65,11 @@ __all__ = [
     "add_member",
     "check_bind",
     "client_max_message",
+    "default_keys",
+    "default_keys_dir",
     "is_loopback",
+    "is_private_ipc",
+    "warn_open",
     "keygen",
     "keys_from_env",
     "load_keys",
@@ -64,6 +81,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KEYS_ENV = "LUCIDITY_KEYS"
+# Set by a node without keys for its workers (their nested jobs' clients), and
+# by users of a cluster started with --insecure: no keys, not even the default.
+INSECURE_ENV = "LUCIDITY_INSECURE"
+# The most workers a node may announce: a heartbeat's `workers` sizes every
+# client's fanout window, so a peer must not make it unbounded.
+MAX_NODE_WORKERS = 1024
 MAX_MESSAGE_ENV = "LUCIDITY_MAX_MESSAGE_MB"
 DEFAULT_MAX_MESSAGE_MB = 1024
 
@@ -91,8 +114,27 @@ class Keys:
         return self.path / AUTHORIZED
 
 
+def _check_mode(file: Path, forbidden: int, what: str, fix: str) -> None:
+    """Refuse `file` if its mode has any of the `forbidden` bits."""
+    try:
+        mode = stat.S_IMODE(os.stat(file).st_mode)
+    except OSError:
+        return  # missing: the read that follows says so
+    if mode & forbidden:
+        raise KeysError(
+            f"{file}: mode {mode:04o} lets {what}; refusing to use it "
+            f"(chmod {fix} {file})"
+        )
+
+
+_SECRET_MODE = stat.S_IRWXG | stat.S_IRWXO  # a secret key: this user only
+_WRITE_MODE = stat.S_IWGRP | stat.S_IWOTH  # what decides who gets in
+
+
 def _load(path: Path, name: str, secret: bool) -> tuple[bytes, bytes | None]:
     file = path / f"{name}.key_secret" if secret else path / f"{name}.key"
+    if secret:
+        _check_mode(file, _SECRET_MODE, "group or others read a secret key", "600")
     try:
         public, sec = zmq.auth.load_certificate(file)
     except (OSError, ValueError) as exc:
@@ -121,14 +163,71 @@ def load_keys(path: str | os.PathLike[str], server: bool = False) -> Keys:
         server_public, server_secret = _load(folder, SERVER, secret=True)
         if not (folder / AUTHORIZED).is_dir():
             raise KeysError(f"keys folder {folder} has no {AUTHORIZED}/ folder")
+        read_authorized(folder / AUTHORIZED)
     else:
         server_public, _ = _load(folder, SERVER, secret=False)
     return Keys(folder.resolve(), public, secret, server_public, server_secret)
 
 
+def read_authorized(folder: Path) -> frozenset[bytes]:
+    """The public keys (z85) let in by `folder`; refuse a folder or key file
+    that group or others may write (they could let themselves in)."""
+    fix = "go-w"
+    _check_mode(folder, _WRITE_MODE, "group or others add keys to it", fix)
+    allowed = set()
+    for entry in os.scandir(folder):
+        if entry.name.endswith(".key"):
+            file = Path(entry.path)
+            _check_mode(file, _WRITE_MODE, "group or others change it", fix)
+            try:
+                public, _ = zmq.auth.load_certificate(file)
+            except (OSError, ValueError) as exc:
+                raise KeysError(f"{file}: not a public key ({exc})") from None
+            if public:
+                allowed.add(public)
+    return frozenset(allowed)
+
+
+def default_keys_dir() -> Path:
+    """This user's own keys folder: `$XDG_CONFIG_HOME/lucidity/keys`, or
+    `~/.config/lucidity/keys` (a relative XDG_CONFIG_HOME is ignored, as the
+    XDG spec says)."""
+    config = os.environ.get("XDG_CONFIG_HOME", "")
+    base = Path(config) if os.path.isabs(config) else Path("~/.config").expanduser()
+    return base / "lucidity" / "keys"
+
+
+def default_keys(server: bool = False) -> Keys:
+    """Load this user's keys folder, making it (0700) on first use.
+
+    It is made whole in a private temporary folder beside it and renamed
+    into place, so two daemons starting at once agree on one set of keys.
+    """
+    folder = default_keys_dir()
+    if not folder.exists():
+        _private_dir(folder.parent)
+        tmp = tempfile.mkdtemp(prefix=".keys-", dir=folder.parent)
+        try:
+            keygen(tmp)
+            os.rename(tmp, folder)
+            log.info("made this user's keys folder %s", folder)
+        except OSError:
+            if not folder.exists():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_keys(folder, server=server)
+
+
 def keys_from_env() -> Keys | None:
+    """A client's keys: `$LUCIDITY_KEYS`, none with `$LUCIDITY_INSECURE`,
+    else this user's own folder (see `default_keys`)."""
     path = os.environ.get(KEYS_ENV)
-    return load_keys(path) if path else None
+    if path:
+        return load_keys(path)
+    if os.environ.get(INSECURE_ENV, "") not in ("", "0"):
+        return None
+    return default_keys()
 
 
 def _private_dir(path: Path) -> None:
@@ -139,7 +238,14 @@ def _private_dir(path: Path) -> None:
 def _create(folder: Path, name: str) -> tuple[Path, Path]:
     public, secret = zmq.auth.create_certificates(folder, name)
     os.chmod(secret, 0o600)
+    os.chmod(public, 0o644)  # whatever the umask: read_authorized checks it
     return Path(public), Path(secret)
+
+
+def _authorize(public: Path, folder: Path, name: str) -> None:
+    target = folder / AUTHORIZED / f"{name}.key"
+    shutil.copyfile(public, target)
+    os.chmod(target, 0o644)
 
 
 def keygen(path: str | os.PathLike[str]) -> Path:
@@ -154,7 +260,7 @@ def keygen(path: str | os.PathLike[str]) -> Path:
     _private_dir(folder / AUTHORIZED)
     _create(folder, SERVER)
     member_public, _ = _create(folder, MEMBER)
-    shutil.copyfile(member_public, folder / AUTHORIZED / f"{MEMBER}.key")
+    _authorize(member_public, folder, MEMBER)
     return folder
 
 
@@ -177,7 +283,7 @@ def add_member(path: str | os.PathLike[str], name: str) -> Path:
     _private_dir(target)
     shutil.copyfile(folder / f"{SERVER}.key", target / f"{SERVER}.key")
     public, secret = _create(target, MEMBER)
-    shutil.copyfile(public, folder / AUTHORIZED / f"{name}.key")
+    _authorize(public, folder, name)
     return target
 
 
@@ -265,33 +371,80 @@ def check_bind(address: str, keys: Keys | None, insecure: bool, what: str) -> No
     )
 
 
+def is_private_ipc(address: str) -> bool:
+    """True for an ipc:// socket in a folder only this user can enter (as the
+    embedded cluster's): private without keys."""
+    scheme, sep, path = address.partition("://")
+    if scheme != "ipc" or not sep:
+        return False
+    try:
+        st = os.stat(os.path.dirname(path) or ".")
+    except OSError:
+        return False
+    return st.st_uid == os.geteuid() and not stat.S_IMODE(st.st_mode) & 0o077
+
+
+def warn_open(address: str, what: str) -> None:
+    """The loud warning of a daemon run with --insecure (no keys)."""
+    if is_private_ipc(address):
+        log.info("%s on %s runs without keys: private by its folder", what, address)
+        return
+    log.warning(
+        "INSECURE (--insecure): %s on %s runs WITHOUT KEYS: any user who can "
+        "connect to it can register nodes, read the results and bundles of "
+        "jobs, and run code in every client and node of this cluster",
+        what,
+        address,
+    )
+
+
 # ---- authorising members -----------------------------------------------------
+
+
+# A folder's mtime moves in coarse ticks (a jiffy on Linux, 2 s on FAT): a
+# key deleted in the tick of the change the cache was read after leaves the
+# mtime as it was. So a cache read within this long of its folder's mtime is
+# not trusted (as git treats a "racy" index): it is checked against the
+# folder's listing until the mtime is older than this.
+_RACY_NS = 2_000_000_000
 
 
 class Authorizer:
     """The daemon's ZAP handler: a CURVE key is in iff it is in `authorized/`.
 
-    The folder is re-read on every handshake and whenever its modification
-    time changes, so adding or deleting a key file takes effect at once.
+    The folder is re-read on every handshake and whenever it changes (its
+    modification time, or its listing while that time is recent), so adding
+    or deleting a key file takes effect at once.
     """
 
     def __init__(self, ctx: zmq.Context[Any], keys: Keys) -> None:
         self.folder = keys.authorized
         self._folder_str = str(keys.authorized)
         self._stamp: int | None = None
+        self._racy = True
+        self._listing: frozenset[tuple[str, int]] = frozenset()
         self._allowed: frozenset[bytes] = frozenset()
         self.auth = ThreadAuthenticator(ctx, log=logging.getLogger(__name__ + ".zap"))
         self.auth.start()
         self.auth.configure_curve_callback("*", self)
 
+    def _list(self) -> frozenset[tuple[str, int]]:
+        # A name and its inode: a key deleted, added or replaced changes it.
+        with os.scandir(self._folder_str) as entries:
+            return frozenset((e.name, e.inode()) for e in entries)
+
     def _read(self) -> frozenset[bytes]:
         try:
-            stamp = self.folder.stat().st_mtime_ns
-            allowed = frozenset(zmq.auth.load_certificates(self.folder))
-        except (OSError, ValueError) as exc:
-            log.error("cannot read %s: %s; refusing every key", self.folder, exc)
+            now = time.time_ns()
+            stamp = os.stat(self._folder_str).st_mtime_ns
+            listing = self._list()
+            allowed = read_authorized(self.folder)
+        except (OSError, KeysError) as exc:
+            log.error("cannot use %s: %s; refusing every key", self.folder, exc)
+            self._stamp = None
             return frozenset()
-        self._stamp, self._allowed = stamp, allowed
+        self._stamp, self._listing, self._allowed = stamp, listing, allowed
+        self._racy = now - stamp < _RACY_NS
         return allowed
 
     def callback(self, domain: str, key: bytes) -> bool:
@@ -306,10 +459,15 @@ class Authorizer:
         # str is a few times cheaper than Path.stat, and a stat is ~1 us.
         try:
             stamp = os.stat(self._folder_str).st_mtime_ns
+            if stamp != self._stamp:
+                return self._read()
+            if self._racy:
+                now = time.time_ns()  # before the listing: a change after it is seen
+                if self._list() != self._listing:
+                    return self._read()
+                self._racy = now - stamp < _RACY_NS
         except OSError:
             return frozenset()
-        if stamp != self._stamp:
-            return self._read()
         return self._allowed
 
     def allows(self, frame: zmq.Frame) -> bool:
@@ -415,7 +573,8 @@ def handshake_error(address: str, keys: Keys | None, auth: bool) -> Authenticati
     return AuthenticationError(
         f"the secure handshake with {address} failed: the keys in {keys.path} "
         "are not this cluster's (its server.key differs), or the cluster runs "
-        "without keys"
+        f"without keys (--insecure: then set {INSECURE_ENV}=1 or call "
+        "lucidity.connect(address, insecure=True))"
     )
 
 

@@ -11,6 +11,10 @@
 * `make_daemons`: the same factory for another app's folder and environment
   (`make_daemons(cwd, env)`), for test modules that bring their own app.
 
+Daemons started without `--keys` use this user's keys folder under
+`$XDG_CONFIG_HOME`: for the whole session it is a temporary folder (set before
+any test or daemon starts, removed at the end), never the real ~/.config.
+
 This is the one way tests start daemons (and helper processes that print the
 same `LUCIDITY-READY` line). Every process is owned here and ended by pid in a
 finalizer: SIGCONT (a SIGSTOPped process must see what follows), SIGTERM, a
@@ -27,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +46,22 @@ APPS = Path(__file__).parent / "apps"
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
 GONE_TIMEOUT_S = 10.0
+
+
+# ---- this user's keys folder, in a temporary config home ----------------------
+
+_config_home: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _config_home
+    _config_home = tempfile.mkdtemp(prefix="lucidity-test-config-")
+    os.environ["XDG_CONFIG_HOME"] = _config_home
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _config_home is not None:
+        shutil.rmtree(_config_home, ignore_errors=True)
 
 
 # ---- processes, seen through /proc ------------------------------------------

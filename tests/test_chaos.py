@@ -35,6 +35,7 @@ import lucidity
 from lucidity import _stubs
 from lucidity import protocol as p
 from lucidity.errors import WorkerLostError
+from lucidity.security import default_keys, secure_client
 
 APP = "chaosapp"
 READY_S = 15.0
@@ -259,6 +260,55 @@ def test_node_killed_mid_fanout_loses_no_item(cluster: Cluster, tmp_path: Path) 
     assert nodes[0].proc.poll() is None
 
 
+def test_node_killed_mid_chunk_runs_the_chunk_again_elsewhere(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of many items (about 1 s each): a node SIGKILLed halfway through
+    one loses the whole chunk, which runs again on the other node."""
+    from lucidity import client as client_module
+    from lucidity.client import get_client
+
+    _, nodes = cluster.start(2)
+    monkeypatch.setattr(client_module, "CHUNK_TARGET_S", 1.0)
+    client = get_client()
+    sent: list[tuple[str, list[int]]] = []  # (node, the chunk's items)
+    real = client.submit
+
+    def spy(target: str, options: Any, args: Any, **kw: Any) -> Any:
+        items = [a[0] for a in args] if kw.get("batch") else [args[0]]
+        sent.append((kw.get("addr") or "", items))
+        return real(target, options, args, **kw)
+
+    monkeypatch.setattr(client, "submit", spy)
+    progress = tmp_path / "progress"
+    progress.mkdir()
+    items = [(i, 0.05, str(progress)) for i in range(100)]
+    fut = in_thread(lambda: _stubs.fanout(ref("slow_square"), items))
+
+    def done(x: int) -> list[str]:
+        return [f.name for f in progress.glob(f"{x}-*")]
+
+    def halfway() -> list[int] | None:
+        # A chunk of many on the node to kill, begun, with >= 8 items to go
+        # (>= 400 ms, so it cannot finish before the kill lands).
+        for addr, chunk in list(sent):
+            if addr == nodes[1].endpoint and len(chunk) > 8:
+                ran = sum(1 for x in chunk if done(x))
+                if 1 <= ran <= len(chunk) - 8:
+                    return chunk
+        return None
+
+    chunk = wait_until(halfway, 30, "a chunk of many halfway on the node")
+    ran_before = [x for x in chunk if done(x)]
+    cluster.signal(nodes[1], signal.SIGKILL)
+    assert fut.result(60) == [i * i for i in range(100)]
+    assert nodes[0].proc.poll() is None
+    # The items of the lost chunk that had run ran again, on the other node.
+    for x in ran_before:
+        assert len(done(x)) == 2, (x, done(x))
+    assert all(done(x) for x in chunk)
+
+
 # ---- 2. a node SIGSTOPped while running a job ------------------------------------
 
 
@@ -280,8 +330,9 @@ def test_stopped_node_job_completes_elsewhere(cluster: Cluster, tmp_path: Path) 
     assert value == 42
     assert ppid != stopped.pid, "the job's result came from the stopped node"
     assert ppid in by_pid
-    # Silence seen after 20 x 50 ms (or control's 1.5 s), plus the 1 s rerun.
-    assert elapsed < 6, elapsed
+    # Silence seen after 20 x 50 ms (or control's 1.5 s), plus the 1 s rerun:
+    # about 2.5 s; the ceiling leaves room for a loaded machine.
+    assert elapsed < 10, elapsed
     assert len(lines(report)) == 2
 
 
@@ -444,6 +495,9 @@ def _spray(endpoint: str, msgs: list[list[bytes]], rng: random.Random) -> None:
     try:
         sock = ctx.socket(zmq.DEALER)
         sock.linger = 0
+        # An authorised member (this user's keys, as the daemons'):
+        # a stranger is refused at the handshake (test_security_cluster).
+        secure_client(sock, default_keys())
         sock.connect(endpoint)
         for msg in msgs:
             sock.send_multipart(msg)
@@ -497,6 +551,9 @@ def test_pathological_json_header_does_not_kill_daemons(cluster: Cluster) -> Non
         for endpoint in (ctl.endpoint, node.endpoint):
             sock = ctx.socket(zmq.DEALER)
             sock.linger = 0
+            # An authorised member (this user's keys, as the daemons'):
+            # a stranger is refused at the handshake (test_security_cluster).
+            secure_client(sock, default_keys())
             sock.connect(endpoint)
             sock.send_multipart([deep])
             sock.send_multipart([bigint])
@@ -520,6 +577,9 @@ def test_heartbeat_with_bogus_addr_does_not_break_clients(cluster: Cluster) -> N
     try:
         sock = ctx.socket(zmq.DEALER)
         sock.linger = 0
+        # An authorised member (this user's keys, as the daemons'):
+        # a stranger is refused at the handshake (test_security_cluster).
+        secure_client(sock, default_keys())
         sock.connect(ctl.endpoint)
         body = b'{"node":"fake0000","addr":"not-an-endpoint","workers":1}'
         for _ in range(4):
@@ -588,15 +648,17 @@ def test_limits_cancel_and_shutdown_grace(
         bounded(lambda: _stubs.run_remote(ref("alloc", memory=64 * 2**20), (200,)), 20)
     assert bounded(lambda: _stubs.run_remote(square, (3,)), 15) == 9
 
+    # Bounds on what must happen (the burn never ends, the sleep is 10 s),
+    # generous for a loaded 2-core machine: 200 ms of CPU can take seconds.
     t0 = time.monotonic()
     with pytest.raises(lucidity.FuelExhaustedError):
         bounded(lambda: _stubs.run_remote(ref("burn", fuel=2), ()), 15)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 10
 
     t0 = time.monotonic()
     with pytest.raises(lucidity.JobTimeoutError):
         bounded(lambda: _stubs.run_remote(ref("sleep_for", timeout=0.3), (10,)), 15)
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 5
     assert bounded(lambda: _stubs.run_remote(square, (4,)), 15) == 16
 
     # Cancel a running job: its worker is stopped and replaced.

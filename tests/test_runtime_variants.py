@@ -98,8 +98,25 @@ def test_roundrobin_fanout_reaches_both_nodes_evenly(app: Any, rt_client: Any) -
     assert not set.intersection(*pids.values())
 
 
-def test_random_fanout_places_at_random(app: Any, rt_client: Any) -> None:
+def test_random_fanout_places_at_random(
+    app: Any, rt_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One item per message, or chunking alone would break the alternation of
+    # a strict round-robin: each item's node is then a placement of its own.
+    from lucidity import client as client_module
+
+    monkeypatch.setattr(client_module, "CHUNK_MIN_ITEMS", 10**9)
+    client = get_client()
+    sizes: list[int] = []
+    real = client.submit
+
+    def spy(target: str, options: Any, args: Any, **kw: Any) -> Any:
+        sizes.append(len(args) if kw.get("batch") else 1)
+        return real(target, options, args, **kw)
+
+    monkeypatch.setattr(client, "submit", spy)
     rows = app.where_random_remote_fanout(range(40))
+    assert sizes == [1] * 40
     assert [r[0] for r in rows] == list(range(40))
     ids = [r[3] for r in rows]
     assert set(ids) == set(rt_client.node_ids.values())  # 2**-39 to fail by chance

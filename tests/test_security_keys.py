@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -89,3 +90,17 @@ def test_open_bind_needs_keys_or_insecure(tmp_path: Path) -> None:
     check_bind("tcp://0.0.0.0:*", None, True, "node")
     keys = load_keys(keygen(tmp_path / "keys"), server=True)
     check_bind("tcp://0.0.0.0:*", keys, False, "node")
+
+
+def test_keys_made_under_a_group_writable_umask_are_usable(tmp_path: Path) -> None:
+    # umask 002 (user private groups) must not make keygen's own files fail
+    # the check that authorized/ is not writable by others.
+    old = os.umask(0o002)
+    try:
+        folder = keygen(tmp_path / "keys")
+        add_member(folder, "dora")
+    finally:
+        os.umask(old)
+    for key in (folder / "authorized").iterdir():
+        assert not _mode(key) & 0o022, key
+    assert load_keys(folder, server=True).server_secret is not None
