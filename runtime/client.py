@@ -412,6 +412,7 @@ class Client:
         self._node_ids: dict[str, str] = {}
         # A node's --max-message-mb, as it announces it, in bytes.
         self._limits: dict[str, int] = {}
+        self._min_limit = 2**62
         # Jobs with a timer, by id: the timer itself holds only the id, so a
         # finished job's arguments are not kept until it fires.
         self._timed: dict[int, _Pending] = {}
@@ -1230,8 +1231,8 @@ class Client:
     ) -> str | None:
         """A node at random for `pending`, among those whose limit takes it;
         None when none does (the job failed, naming the limit)."""
-        if not self._limits:
-            return _random_addr(nodes)
+        if pending.size <= self._min_limit:
+            return _random_addr(nodes)  # most jobs: every node takes them
         fit = self._fitting(pending, nodes)
         if not fit:
             best = max(nodes, key=lambda n: self._limits.get(n["addr"], 0))
@@ -1551,14 +1552,16 @@ class Client:
             self._outq.pop(addr, None)
             self._node_ids.pop(addr, None)
             self._limits.pop(addr, None)
-            sock = self._socks.pop(addr, None)
-            if sock is not None:
-                self.loop.remove_reader(sock)
-                sock.close(0)
+            # Its monitor too (before its socket: the monitor is turned off
+            # on it): else an fd and a poller entry per node that ever left.
             watch = self._watches.pop(addr, None)
             if watch is not None:
                 self.loop.remove_reader(watch.monitor)
                 watch.close()
+            sock = self._socks.pop(addr, None)
+            if sock is not None:
+                self.loop.remove_reader(sock)
+                sock.close(0)
         for pending in [x for x in self._inflight.values() if x.addr in lost]:
             self._retry_system(pending, f"node at {pending.addr} was lost")
 
@@ -1570,6 +1573,7 @@ class Client:
             mb = n.get("max_mb")
             if type(mb) is int and mb > 0:
                 self._limits[n["addr"]] = mb * _MiB
+        self._min_limit = min(self._limits.values(), default=2**62)
         for addr, known in ids.items():
             node = self._node_ids.get(addr)
             if node is None:
