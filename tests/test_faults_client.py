@@ -53,14 +53,18 @@ def _listed(count: int) -> Any:
 # ---- identity (item 2) ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("variant", ["async", "blocking"])
 def test_node_restarted_on_its_address_runs_its_jobs_again(
-    rt_daemons: Any, tmp_path: Path
+    rt_daemons: Any, tmp_path: Path, variant: str
 ) -> None:
     ctl = rt_daemons.control()
     first = rt_daemons.node(ctl.endpoint)
     app = _connect(ctl.endpoint)
     started = tmp_path / "started"
-    job = app.announce_then_sleep_remote_async(str(started), 1.0)
+    if variant == "async":
+        job = app.announce_then_sleep_remote_async(str(started), 1.0)
+    else:  # the caller thread's own socket (the fast path)
+        job = waits.in_thread(lambda: app.announce_then_sleep_remote(str(started), 1.0))
     waits.wait_until(started.exists, 15, "the job to start")
     rt_daemons.signal(first, signal.SIGKILL)
     # At once, on the same address, as a supervisor would: control still
@@ -142,12 +146,27 @@ def test_jobs_to_a_hung_node_time_out(rt_daemons: Any) -> None:
     rt_daemons.signal(hung, signal.SIGCONT)
 
 
+def test_a_hung_node_holds_up_only_its_own_jobs(rt_daemons: Any) -> None:
+    ctl = rt_daemons.control()
+    hung = rt_daemons.node(ctl.endpoint)
+    rt_daemons.node(ctl.endpoint)
+    app = _connect(ctl.endpoint, nodes=2)
+    rt_daemons.signal(hung, signal.SIGSTOP)
+    # About half go to each: more than the hung node's pipe takes.
+    jobs = [app.too_slow_remote_async(0.0) for _ in range(3000)]
+    done, left = futures.wait(jobs, timeout=40)
+    assert not left, f"{len(left)} of 3000 jobs never ended"
+    timed_out = [j for j in jobs if isinstance(j.exception(), JobTimeoutError)]
+    served = [j for j in jobs if j.exception() is None and j.result() == 0.0]
+    assert len(timed_out) + len(served) == len(jobs)
+    assert len(served) > 1000, f"only {len(served)} served by the healthy node"
+    rt_daemons.signal(hung, signal.SIGCONT)
+
+
 # ---- local jobs run again (item 8) -----------------------------------------------
 
 
-def test_local_job_runs_again_after_its_worker_dies(
-    app: Any, tmp_path: Path
-) -> None:
+def test_local_job_runs_again_after_its_worker_dies(app: Any, tmp_path: Path) -> None:
     node_id = waits.bounded(lambda: app.die_once_local(str(tmp_path)), 30)
     assert (tmp_path / "died").exists()
     assert isinstance(node_id, str) and node_id
