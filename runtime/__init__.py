@@ -18,6 +18,7 @@ from lucidity.errors import (
     JobTimeoutError,
     LucidityError,
     MemoryLimitError,
+    MessageTooLargeError,
     NoNodesError,
     RemoteError,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "JobTimeoutError",
     "LucidityError",
     "MemoryLimitError",
+    "MessageTooLargeError",
     "NoNodesError",
     "OptionError",
     "RemoteError",

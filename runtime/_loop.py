@@ -50,7 +50,7 @@ class EventLoop:
         self._handlers[sock] = handler
         self._poller.register(sock, zmq.POLLIN)
 
-    def set_writable(self, fd: int, on: bool) -> None:
+    def set_writable(self, fd: zmq.Socket[Any] | int, on: bool) -> None:
         """Also run a reader's handler when `fd` is writable (`on`), or no
         longer: for an fd with output waiting."""
         if fd in self._handlers:

@@ -41,6 +41,7 @@ from lucidity.errors import (
     JobCancelledError,
     JobTimeoutError,
     LucidityError,
+    MessageTooLargeError,
     NoNodesError,
     RemoteError,
     RemoteTraceback,
@@ -85,6 +86,7 @@ CHUNK_MAX_ITEMS = 8192
 CHUNK_MIN_ITEMS = 4
 
 _PING = p.encode(p.MsgType.PING)
+_MiB = 1024 * 1024
 _random = random.random
 
 
@@ -105,7 +107,9 @@ def _decode_error(frames: list[Any], node: str) -> BaseException:
             exc_obj = pickle.loads(blob)
         except Exception:
             exc_obj = None
-    if not isinstance(exc_obj, BaseException):
+    if not isinstance(exc_obj, Exception):
+        # Unreadable, or not an Exception: a job's SystemExit or
+        # KeyboardInterrupt must not end (or interrupt) its caller.
         return RemoteError(ename, evalue, tb, node)
     if tb:
         exc_obj.__cause__ = RemoteTraceback(f"{tb.rstrip()}\n(on node {node})")
@@ -118,6 +122,26 @@ def _worker_slots(node: dict[str, Any]) -> int:
         return min(max(1, int(node.get("workers", 1))), MAX_NODE_WORKERS)
     except (TypeError, ValueError):
         return 1
+
+
+def _largest(frames: list[Any]) -> int:
+    if len(frames) == 2:
+        return len(frames[1])  # a header and a pickle: most jobs
+    return max((memoryview(f).nbytes for f in frames[1:]), default=0)
+
+
+def _restarted(addr: str, old: str | None, new: str | None) -> str:
+    return f"node at {addr} restarted (was {old}, now {new})"
+
+
+def _fail(job: Future[Any], exc: BaseException) -> None:
+    """Fail `job` unless it is done already: a caller's `cancel()` can land
+    between any check of `done()` and this (and must not stop the I/O
+    thread's loop over other jobs)."""
+    try:
+        job.set_exception(exc)
+    except InvalidStateError:
+        pass
 
 
 class _ChunkSizer:
@@ -173,6 +197,8 @@ class _Pending:
         "timer",
         "init_ms",
         "check_ms",
+        "size",
+        "node",
     )
 
     def __init__(
@@ -213,6 +239,11 @@ class _Pending:
         self.system_attempts = 0
         self.app_attempts = 0
         self.timer: int | None = None
+        # Its largest frame: a node drops a connection that sends it more
+        # than its --max-message-mb (announced), so it is checked first.
+        self.size = _largest(frames)
+        # The identity of the node it was last sent to, as then known.
+        self.node: str | None = None
 
     @property
     def same_host(self) -> bool:
@@ -354,12 +385,13 @@ class Client:
         self.keys = keys
         # Keys for one address instead of `keys` (this process's private node).
         self._addr_keys: dict[str, Keys | None] = {}
-        self._watches: list[HandshakeWatch] = []
+        self._watches: dict[str, HandshakeWatch] = {}
         # Addresses whose handshake refused us, and why.
         self._refused: dict[str, AuthenticationError] = {}
         self._max_mb = client_max_message()
         self._local_node = local_node
         self._private_node: Any = None
+        self._local_lock = threading.Lock()
         self._pid = os.getpid()
         self._identity = f"c{os.getpid()}-{uuid.uuid4().hex[:12]}".encode()
         self.ctx = zmq.Context()
@@ -380,6 +412,19 @@ class Client:
             self._nodes = [{"id": a, "addr": a, "workers": 1} for a in static_nodes]
             self._synced = True
         self._socks: dict[str, zmq.Socket[Any]] = {}
+        # What a node's pipe would not take at once: (job id or 0, frames),
+        # sent as its socket becomes writable (no send of the I/O thread
+        # blocks; a hung node holds up only its own queue).
+        self._outq: dict[str, collections.deque[tuple[int, list[Any]]]] = {}
+        # A node is known by its identity (the id it announces), not by its
+        # address: a node restarted on the same address is a new member.
+        self._node_ids: dict[str, str] = {}
+        # A node's --max-message-mb, as it announces it, in bytes.
+        self._limits: dict[str, int] = {}
+        self._min_limit = 2**62
+        # Jobs with a timer, by id: the timer itself holds only the id, so a
+        # finished job's arguments are not kept until it fires.
+        self._timed: dict[int, _Pending] = {}
         self._inflight: dict[int, _Pending] = {}
         self._parked: list[_Pending] = []
         self._park_timer: int | None = None
@@ -445,7 +490,7 @@ class Client:
             functools.partial(self._on_refused, addr),
             functools.partial(self._refused.pop, addr, None),
         )
-        self._watches.append(watch)
+        self._watches[addr] = watch
         self.loop.add_reader(watch.monitor, watch.on_event)
 
     def _on_refused(self, addr: str, error: AuthenticationError) -> None:
@@ -455,12 +500,12 @@ class Client:
             if pending.addr == addr:
                 del self._inflight[job_id]
                 if not pending.job.done():
-                    pending.job.set_exception(error)
+                    _fail(pending.job, error)
         if addr == self.control:
             parked, self._parked = self._parked, []
             for pending in parked:
                 if not pending.job.done():
-                    pending.job.set_exception(error)
+                    _fail(pending.job, error)
             with self._cond:
                 self._cond.notify_all()
 
@@ -532,6 +577,9 @@ class Client:
             header["fuel"] = options.fuel
         if shared:
             header["shm"] = 1  # answer through shared memory too
+        # A result over it would make our socket drop the node's connection:
+        # the node answers with an error instead.
+        header["max_mb"] = self._max_mb
         return p.encode(p.MsgType.SUBMIT, header)
 
     # ---- same-host shared memory (lucidity._shm) ---------------------------
@@ -648,7 +696,10 @@ class Client:
             if handover[0] == "done":
                 outcome: _Outcome = handover[1]
                 if pending._job is None:
-                    # Nobody holds a handle: no future to complete and wake.
+                    # Nobody holds a handle: no future to complete and wake,
+                    # and no done callback to release the argument files.
+                    if pending.files:
+                        self._shm_own.release(pending.files)
                     if outcome.error is not None:
                         raise outcome.error
                     return outcome.value
@@ -675,6 +726,9 @@ class Client:
             addr = _random_addr(nodes)
         if addr in self._refused:
             return ("submit", pending)  # it fails with the refusal
+        limits = self._limits
+        if limits and pending.size > limits.get(addr, pending.size):
+            return ("submit", pending)  # another node, or it fails with the limit
         link = self._link()
         # Not free: this thread is already in a call (a signal handler).
         if not link.lock.acquire(blocking=False):
@@ -733,6 +787,7 @@ class Client:
             if entry.timeout_ms != check_ms:
                 sock.rcvtimeo = entry.timeout_ms = check_ms
             send_frames(sock, pending.frames, NOBLOCK)  # the last thing tried
+            pending.node = node = self._node_ids.get(addr)
         except zmq.ZMQError:
             # Not sent: the I/O thread sends it (or, closing, `_post` says so).
             return ("submit", pending)
@@ -752,6 +807,11 @@ class Client:
                         if self._lost_at.get(addr, 0.0) >= sent:
                             # Control (or the I/O thread) gave the node up.
                             lost = (f"node at {addr} was lost", ClusterError)
+                            return ("settle", pending, _Outcome(lost=lost))
+                        now = self._node_ids.get(addr)
+                        if node is not None and now != node:
+                            # Restarted: the new process never had the job.
+                            lost = (_restarted(addr, node, now), ClusterError)
                             return ("settle", pending, _Outcome(lost=lost))
                         if silence > silent_s:
                             return ("silent", pending, addr, silence)
@@ -777,7 +837,7 @@ class Client:
             if exc.errno == zmq.ETERM:
                 # `close` terminates the context under us (and the link is
                 # dead: its other sockets are closed on the way out).
-                pending.job.set_exception(ClusterError("the lucidity client shut down"))
+                _fail(pending.job, ClusterError("the lucidity client shut down"))
                 return None
             cause = f"its connection to node at {addr} failed: {exc}"
             return ("settle", pending, _Outcome(lost=(cause, ClusterError)))
@@ -814,16 +874,21 @@ class Client:
     def local_node(self) -> str:
         """This process's own node: its worker's node, the embedded one, or a
         private node started on first use."""
-        if self._local_node is None:
-            from lucidity.embedded import start_private_node
+        node = self._local_node
+        if node is not None:
+            return node
+        # Two threads' first `_local` calls must not each start a node.
+        with self._local_lock:
+            if self._local_node is None:
+                from lucidity.embedded import start_private_node
 
-            self._private_node = start_private_node()
-            node = self._private_node.nodes[0]
-            # Private by its ipc folder, not by keys: never offer it the
-            # cluster's keys (a CURVE handshake with a plain socket fails).
-            self._addr_keys[node] = None
-            self._local_node = node
-        return self._local_node
+                self._private_node = start_private_node()
+                node = self._private_node.nodes[0]
+                # Private by its ipc folder, not by keys: never offer it the
+                # cluster's keys (a CURVE handshake with a plain socket fails).
+                self._addr_keys[node] = None
+                self._local_node = node
+            return self._local_node
 
     def nodes(self, timeout: float = 0.0) -> list[dict[str, Any]]:
         """The live nodes; waits up to `timeout` for at least one."""
@@ -1018,7 +1083,7 @@ class Client:
             raise
         finally:
             self._fail_all(ClusterError("the lucidity client shut down"))
-            for watch in self._watches:
+            for watch in self._watches.values():
                 watch.close()
             for sock in (self._wake_r, self._wake_w, self._ctl, *self._socks.values()):
                 if sock is not None:
@@ -1030,7 +1095,7 @@ class Client:
         for pending in [*self._inflight.values(), *self._parked]:
             if not pending.job.done():
                 try:
-                    pending.job.set_exception(exc)
+                    _fail(pending.job, exc)
                 except Exception:
                     pass
         self._inflight.clear()
@@ -1055,6 +1120,8 @@ class Client:
                 self._sock(cmd[1])
             elif kind == "cancel":
                 self._do_cancel(cmd[1])
+            elif kind == "identity":
+                self._new_identity(cmd[1], cmd[2])
             elif kind == "stop":
                 self.loop.stop()
                 return
@@ -1070,8 +1137,37 @@ class Client:
             self._secure(sock, addr)
             sock.connect(addr)
             self._socks[addr] = sock
-            self.loop.add_reader(sock, lambda: self._on_result(sock, addr))
+            self.loop.add_reader(sock, lambda: self._on_node_ready(sock, addr))
         return sock
+
+    def _send(self, addr: str, frames: list[Any], job_id: int = 0) -> None:
+        """Send to the node at `addr` without blocking: what its pipe does
+        not take now waits in its queue (in order), sent on POLLOUT."""
+        queue = self._outq.get(addr)
+        if queue:
+            queue.append((job_id, frames))
+            return
+        sock = self._sock(addr)
+        try:
+            send_frames(sock, frames, NOBLOCK)
+        except zmq.Again:
+            self._outq[addr] = collections.deque([(job_id, frames)])
+            self.loop.set_writable(sock, True)
+
+    def _on_node_ready(self, sock: zmq.Socket[Any], addr: str) -> None:
+        queue = self._outq.get(addr)
+        if queue:
+            try:
+                while queue:
+                    # A multipart message is taken whole or not at all.
+                    send_frames(sock, queue[0][1], NOBLOCK)
+                    queue.popleft()
+            except zmq.Again:
+                pass
+            if not queue:
+                del self._outq[addr]
+                self.loop.set_writable(sock, False)
+        self._on_result(sock, addr)
 
     def _place(self, pending: _Pending) -> None:
         if pending.job.done():
@@ -1086,19 +1182,29 @@ class Client:
                 nodes = [n for n in nodes if self._shm_node_dir(n) is not None]
                 if not nodes:
                     self._finish(pending)
-                    pending.job.set_exception(
+                    _fail(
+                        pending.job,
                         ClusterError(
                             f"job {pending.job.target} #{pending.job.job_id} cannot "
                             "be placed: its arguments are in this host's shared "
                             "memory, and no node on this host is left"
-                        )
+                        ),
                     )
                     return
-            addr = _random_addr(nodes)
+            addr = self._fitting_addr(pending, nodes)
+            if addr is None:
+                return
+        elif pending.size > self._limits.get(addr, pending.size):
+            if pending.pinned or not self._fitting(pending, self._nodes):
+                self._too_large(pending, addr)
+                return
+            pending.addr = None
+            self._place(pending)  # a fanout item: another node takes it
+            return
         pending.addr = addr
         refused = self._refused.get(addr)
         if refused is not None:
-            pending.job.set_exception(refused)
+            _fail(pending.job, refused)
             return
         self._inflight[pending.job.job_id] = pending
         self._last_heard.setdefault(addr, time.monotonic())
@@ -1108,35 +1214,77 @@ class Client:
             # and give a healthy node up.
             self._arm_ping(pending.check_ms / 1000)
         if pending.timer is None and pending.options.timeout is not None:
+            job_id = pending.job_id
+            self._timed[job_id] = pending
             pending.timer = self.loop.call_later(
-                pending.options.timeout, lambda: self._on_timeout(pending)
+                pending.options.timeout, functools.partial(self._on_timeout, job_id)
             )
+            pending.job.add_done_callback(lambda _: self._timed.pop(job_id, None))
+        pending.node = self._node_ids.get(addr)
         try:
-            send_frames(self._sock(addr), pending.frames)
+            self._send(addr, pending.frames, pending.job_id)
         except zmq.ZMQError as exc:
             self._inflight.pop(pending.job.job_id, None)
             self._finish(pending)
-            pending.job.set_exception(
-                ClusterError(f"cannot send job to node at {addr}: {exc}")
+            _fail(
+                pending.job, ClusterError(f"cannot send job to node at {addr}: {exc}")
             )
 
-    def _on_timeout(self, pending: _Pending) -> None:
+    def _fitting(self, pending: _Pending, nodes: list[dict[str, Any]]) -> list[str]:
+        """The addresses of `nodes` whose message limit takes `pending`."""
+        limits, size = self._limits, pending.size
+        return [n["addr"] for n in nodes if size <= limits.get(n["addr"], size)]
+
+    def _fitting_addr(
+        self, pending: _Pending, nodes: list[dict[str, Any]]
+    ) -> str | None:
+        """A node at random for `pending`, among those whose limit takes it;
+        None when none does (the job failed, naming the limit)."""
+        if pending.size <= self._min_limit:
+            return _random_addr(nodes)  # most jobs: every node takes them
+        fit = self._fitting(pending, nodes)
+        if not fit:
+            best = max(nodes, key=lambda n: self._limits.get(n["addr"], 0))
+            self._too_large(pending, best["addr"])
+            return None
+        return fit[int(_random() * len(fit))]
+
+    def _too_large(self, pending: _Pending, addr: str) -> None:
+        self._finish(pending)
+        limit = self._limits[addr]
+        _fail(
+            pending.job,
+            MessageTooLargeError(
+                f"job {pending.target} #{pending.job_id}: its arguments are a "
+                f"message of {pending.size:,} bytes, over the limit of the node "
+                f"at {addr}: {limit // _MiB} MiB (its --max-message-mb); "
+                "pass large data through shared memory (a numpy array or "
+                "pickle.PickleBuffer, on the node's host) or raise the limit"
+            ),
+        )
+
+    def _on_timeout(self, job_id: int) -> None:
+        pending = self._timed.pop(job_id, None)
+        if pending is None:
+            return  # finished meanwhile
         pending.timer = None
         job = pending.job
         if job.done():
             return
         self._do_cancel(job.job_id)
-        job.set_exception(
+        _fail(
+            job,
             JobTimeoutError(
                 f"job {job.target} #{job.job_id} ran past its timeout of "
                 f"{pending.options.timeout} s (on {pending.addr}); its worker was stopped"
-            )
+            ),
         )
 
     def _finish(self, pending: _Pending) -> None:
         if pending.timer is not None:
             self.loop.cancel(pending.timer)
             pending.timer = None
+            self._timed.pop(pending.job_id, None)
 
     def _retry_system(
         self,
@@ -1153,25 +1301,30 @@ class Client:
         # Out of `_inflight` either way: a failed job must not stay there
         # (pinged for, and retried again on the next node loss).
         self._inflight.pop(job.job_id, None)
-        if pending.pinned or pending.system_attempts >= MAX_SYSTEM_ATTEMPTS:
+        # A local job runs on its own node only: again after its worker
+        # died, but not once the node itself is gone.
+        gone = pending.pinned and error_type is not WorkerLostError
+        if gone or pending.system_attempts >= MAX_SYSTEM_ATTEMPTS:
             self._finish(pending)
             if not job.done():
-                job.set_exception(
+                _fail(
+                    job,
                     error_type(
                         f"job {job.target} #{job.job_id} failed: {cause} "
                         f"(attempt {pending.system_attempts} of {MAX_SYSTEM_ATTEMPTS})"
-                    )
+                    ),
                 )
             return False
         log.warning("job %s #%d: %s; running it again", job.target, job.job_id, cause)
-        pending.addr = None
+        if not pending.pinned:
+            pending.addr = None
         self._place(pending)
         return True
 
     def _park(self, pending: _Pending) -> None:
         refused = self._control_refused()
         if refused is not None:
-            pending.job.set_exception(refused)
+            _fail(pending.job, refused)
             return
         wait_s = INIT_ATTEMPTS * pending.init_ms / 1000
         pending.deadline = time.monotonic() + wait_s
@@ -1199,9 +1352,7 @@ class Client:
                         if pending.init_ms == pending.options.init_retry_interval_ms
                         else "async_init_retry_interval_ms"
                     )
-                    pending.job.set_exception(
-                        self._no_nodes_error(pending.init_ms, option)
-                    )
+                    _fail(pending.job, self._no_nodes_error(pending.init_ms, option))
             else:
                 keep.append(pending)
         self._parked = keep
@@ -1213,9 +1364,15 @@ class Client:
         if pending is not None:
             self._finish(pending)
         if pending is not None and pending.addr is not None:
+            queue = self._outq.get(pending.addr)
+            if queue:
+                for entry in queue:
+                    if entry[0] == job_id:
+                        queue.remove(entry)  # never sent: nothing to stop
+                        return
             grace = pending.options.shutdown_retry_interval_ms
             head = p.encode(p.MsgType.CANCEL, {"id": job_id, "grace_ms": grace})
-            self._sock(pending.addr).send(head)
+            self._send(pending.addr, [head])
 
     def _on_result(self, sock: zmq.Socket[Any], addr: str) -> None:
         for frames in messages(sock, copy=False):
@@ -1243,9 +1400,12 @@ class Client:
             if msg.type == p.MsgType.RESULT:
                 return int(msg.header["id"]), msg.header
             if msg.type == p.MsgType.PONG:
+                node = msg.header.get("node")
+                if isinstance(node, str) and self._node_ids.get(addr) != node:
+                    self._seen_identity(addr, node)
                 return None
             if msg.type == p.MsgType.FETCH:
-                self._send_bundle(sock, str(msg.header["bundle"]))
+                self._send_bundle(sock, addr, str(msg.header["bundle"]))
                 return None
             raise p.FrameError(f"unexpected {msg.type.name}")
         except (p.FrameError, KeyError, TypeError, ValueError) as exc:
@@ -1296,16 +1456,42 @@ class Client:
         self._finish(pending)
         outcome.complete(job)
 
-    def _send_bundle(self, sock: zmq.Socket[Any], digest: str) -> None:
+    def _send_bundle(self, sock: zmq.Socket[Any], addr: str, digest: str) -> None:
         bundle = self._by_digest.get(digest)
+        frames: list[Any]
         if bundle is None:
             # Say so, or the node's jobs would wait for it until they expire.
             log.warning("a node asked for bundle %s, which is not ours", digest[:12])
-            head = p.encode(p.MsgType.BUNDLE, {"bundle": digest, "missing": True})
-            sock.send(head, zmq.NOBLOCK)
+            frames = [p.encode(p.MsgType.BUNDLE, {"bundle": digest, "missing": True})]
+        else:
+            frames = [p.encode(p.MsgType.BUNDLE, {"bundle": digest}), bundle.data]
+        if threading.current_thread() is self._thread:
+            self._send(addr, frames)
+        else:
+            send_frames(sock, frames)  # a caller's own socket, as it waits
+
+    def _seen_identity(self, addr: str, node: str) -> None:
+        """A PONG from `addr` says it is `node` (from either thread)."""
+        if threading.current_thread() is self._thread:
+            self._new_identity(addr, node)
             return
-        head = p.encode(p.MsgType.BUNDLE, {"bundle": digest})
-        sock.send_multipart([head, bundle.data], copy=False)
+        # The caller's fast path sees the change at its next check.
+        self._node_ids[addr] = node
+        try:
+            self._post(("identity", addr, node))
+        except ClusterError:
+            pass  # closing
+
+    def _new_identity(self, addr: str, node: str) -> None:
+        """The node at `addr` is `node` now: jobs sent to the process that
+        was there before never reach this one; they run again (I/O thread)."""
+        self._node_ids[addr] = node
+        for pending in [
+            x
+            for x in self._inflight.values()
+            if x.addr == addr and x.node is not None and x.node != node
+        ]:
+            self._retry_system(pending, _restarted(addr, pending.node, node))
 
     def _ping(self) -> None:
         self._ping_timer = None  # this one: fired, nothing to cancel
@@ -1322,8 +1508,11 @@ class Client:
             heard = self._last_heard.setdefault(addr, now)
             if now - heard > SILENT_CHECKS * ms / 1000:
                 silent[addr] = now - heard
-            else:
-                self._sock(addr).send(_PING, zmq.NOBLOCK)
+            elif not self._outq.get(addr):
+                try:
+                    self._sock(addr).send(_PING, zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # its pipe is full: its silence will tell
         if silent:
             self._give_up(silent)
 
@@ -1369,12 +1558,39 @@ class Client:
             log.warning("node at %s left the cluster", addr)
             self._lost_at[addr] = now
             self._last_heard.pop(addr, None)
+            self._outq.pop(addr, None)
+            self._node_ids.pop(addr, None)
+            self._limits.pop(addr, None)
+            # Its monitor too (before its socket: the monitor is turned off
+            # on it): else an fd and a poller entry per node that ever left.
+            watch = self._watches.pop(addr, None)
+            if watch is not None:
+                self.loop.remove_reader(watch.monitor)
+                watch.close()
             sock = self._socks.pop(addr, None)
             if sock is not None:
                 self.loop.remove_reader(sock)
                 sock.close(0)
         for pending in [x for x in self._inflight.values() if x.addr in lost]:
             self._retry_system(pending, f"node at {pending.addr} was lost")
+
+    def _learn(self, nodes: list[dict[str, Any]]) -> None:
+        """Identities and message limits from control's node list."""
+        ids: dict[str, set[str]] = {}
+        for n in nodes:
+            ids.setdefault(n["addr"], set()).add(str(n["id"]))
+            mb = n.get("max_mb")
+            if type(mb) is int and mb > 0:
+                self._limits[n["addr"]] = mb * _MiB
+        self._min_limit = min(self._limits.values(), default=2**62)
+        for addr, known in ids.items():
+            node = self._node_ids.get(addr)
+            if node is None:
+                self._node_ids[addr] = min(known)
+            elif node not in known:
+                # Control lists the new process only (or both, the old one
+                # until it expires; then its PONGs have told us already).
+                self._new_identity(addr, min(known))
 
     def _subscribe(self) -> None:
         assert self._ctl is not None
@@ -1411,6 +1627,7 @@ class Client:
             lost = before - {n["addr"] for n in nodes}
             if lost:
                 self._on_nodes_lost(lost)
+            self._learn(nodes)
             if nodes and self._parked:
                 parked, self._parked = self._parked, []
                 for pending in parked:

@@ -113,6 +113,9 @@ class ControlDaemon:
         }
         # Same-host shared memory (see lucidity._shm): the node's boot id and
         # directory, passed on to clients, which check both before use.
+        max_mb = header.get("max_mb")
+        if type(max_mb) is int and max_mb > 0:
+            info["max_mb"] = max_mb  # clients check a job's size against it
         host, shm = header.get("host"), header.get("shm")
         if isinstance(host, str) and isinstance(shm, str) and len(host + shm) < 512:
             info["host"], info["shm"] = host, shm

@@ -11,6 +11,7 @@ __all__ = [
     "KeysError",
     "LucidityError",
     "MemoryLimitError",
+    "MessageTooLargeError",
     "NoNodesError",
     "RemoteError",
     "RemoteTraceback",
@@ -37,6 +38,12 @@ class WorkerLostError(ClusterError):
 class AuthenticationError(ClusterError):
     """The cluster refused this client's handshake: no keys, wrong keys, or a
     key that is not (or no longer) authorised. Says where to set the keys."""
+
+
+class MessageTooLargeError(ClusterError):
+    """A job's arguments are over its node's `--max-message-mb`, or its result
+    over the caller's `LUCIDITY_MAX_MESSAGE_MB`: it fails once, before the
+    message is sent (ZeroMQ would drop the connection). Names size and limit."""
 
 
 class KeysError(LucidityError):

@@ -30,7 +30,7 @@ from lucidity import protocol as p
 from lucidity._daemon import announce, bind, install_stop, watch_parent
 from lucidity._loop import NOBLOCK, EventLoop, messages, send_frames
 from lucidity.bundle import BundleCache, cache_max_bytes
-from lucidity.errors import ClusterError, WorkerLostError
+from lucidity.errors import ClusterError, MessageTooLargeError, WorkerLostError
 from lucidity.security import (
     DEFAULT_MAX_MESSAGE_MB,
     INSECURE_ENV,
@@ -315,6 +315,8 @@ class NodeDaemon:
                 "queued": len(self.queue),
                 "pid": os.getpid(),
                 "leaving": leaving,
+                # Clients fail a job sent over it at once (the link would drop).
+                "max_mb": self.guard.max_message_mb,
                 **self.shm_info,
             },
         )
@@ -763,7 +765,9 @@ class NodeDaemon:
         self, ident: bytes, header: dict[str, Any], payload: list[zmq.Frame]
     ) -> None:
         try:
-            self.front.send_multipart([ident, p.encode(p.MsgType.PONG)], zmq.NOBLOCK)
+            # Its identity: a node restarted on this address is another one.
+            pong = p.encode(p.MsgType.PONG, {"node": self.node_id})
+            self.front.send_multipart([ident, pong], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
 
@@ -810,6 +814,19 @@ class NodeDaemon:
                 self._terminate(w, grace_s)
 
     def _reply(self, task: Task, ok: bool, payload: list[Any]) -> None:
+        limit = task.header.get("max_mb")
+        if type(limit) is int and payload:
+            size = max(len(f) for f in payload)
+            if size > limit * 1024 * 1024:
+                # Over the caller's LUCIDITY_MAX_MESSAGE_MB its socket would
+                # drop ours and the result: say so instead (once: not a loss).
+                ok, payload = False, p.dumps_error(
+                    MessageTooLargeError(
+                        f"the result of {task.header.get('target')} is a message "
+                        f"of {size:,} bytes, over the caller's limit of {limit} "
+                        f"MiB (LUCIDITY_MAX_MESSAGE_MB; node {self.node_id})"
+                    )
+                )
         head = p.encode(
             p.MsgType.RESULT, {"id": task.job_id, "ok": ok, "node": self.node_id}
         )

@@ -153,7 +153,12 @@ def _bad_int(name: str, value: object, low: int, high: int) -> FrameError:
 
 
 # A SUBMIT's integer fields and their ranges (depth's top is the caller's).
-_SUBMIT_INTS = (("memory", 1, MAX_INT), ("fuel", 1, MAX_INT), ("set_ms", 1, MAX_INT))
+_SUBMIT_INTS = (
+    ("memory", 1, MAX_INT),
+    ("fuel", 1, MAX_INT),
+    ("set_ms", 1, MAX_INT),
+    ("max_mb", 1, MAX_INT),
+)
 
 
 def check_submit(header: dict[str, Any], max_depth: int = 1000) -> None:

@@ -173,3 +173,43 @@ def parent_of_sleep(seconds: float) -> float:
 def cpus() -> list[int]:
     """The CPUs this worker may run on."""
     return sorted(os.sched_getaffinity(0))
+
+
+@job
+def exit_with(kind: str) -> None:
+    """Raise what is not an Exception: SystemExit ("exit") or KeyboardInterrupt."""
+    import sys
+
+    if kind == "exit":
+        sys.exit(0)
+    raise KeyboardInterrupt
+
+
+@job
+def blob(folder: str, nbytes: int) -> bytes:
+    """Leave a marker per run in `folder`, then return `nbytes` bytes (in-band)."""
+    runs = len(list(Path(folder).iterdir())) + 1
+    (Path(folder) / f"run-{runs}").write_text(str(os.getpid()))
+    return bytes(nbytes)
+
+
+@job
+def nbytes(data: memoryview | bytes) -> int:
+    """The size of a buffer (bytes, or one that came out of band)."""
+    return memoryview(data).nbytes
+
+
+@job(timeout=3600)
+def nbytes_timed(data: bytes) -> int:
+    return len(data)
+
+
+@job
+def die_once(folder: str) -> str | None:
+    """The first run's worker dies (a marker in `folder` says so); a later run
+    returns its node's id."""
+    marker = Path(folder) / "died"
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os._exit(3)
+    return os.environ.get("LUCIDITY_NODE_ID")
