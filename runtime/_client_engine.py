@@ -19,7 +19,13 @@ from lucidity._options import JobOptions
 from lucidity.engine import BatchResult, NodeInfo, Target
 from lucidity.handle import Job
 
-__all__ = ["ClientEngine", "client_engine", "connection", "restore_connection"]
+__all__ = [
+    "ClientEngine",
+    "client_engine",
+    "connection",
+    "restore_connection",
+    "wait_for_nodes",
+]
 
 
 def _wire(
@@ -157,3 +163,9 @@ def restore_connection(saved: tuple[Any, Any]) -> None:
     _client.shutdown()
     with _client._lock:
         _client._address, _client._keys = saved
+
+
+def wait_for_nodes(count: int, timeout: float) -> list[NodeInfo]:
+    """Wait (on the client's condition) until `count` nodes are live."""
+    _client.get_client().wait_for_nodes(count, timeout)
+    return _ENGINE.nodes()

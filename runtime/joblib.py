@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from joblib import register_parallel_backend
-from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
+from joblib.parallel import AutoBatchingMixin, ParallelBackendBase
 
 from lucidity._options import JobOptions
 from lucidity.engine import Engine, get_engine
