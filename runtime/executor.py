@@ -117,9 +117,7 @@ class Executor(futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._outstanding.add(call)
-            now = self._max is None or (
-                self._in_flight < self._max and not self._queue
-            )
+            now = self._max is None or (self._in_flight < self._max and not self._queue)
             if now:
                 self._in_flight += 1
             else:
@@ -213,7 +211,7 @@ class Executor(futures.Executor):
 
     # ---- map ------------------------------------------------------------
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., T],
         *iterables: Iterable[Any],
@@ -234,7 +232,7 @@ class Executor(futures.Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end = None if timeout is None else timeout + time.monotonic()
-        source = zip(*iterables)
+        source = zip(*iterables)  # noqa: B905 - stops at the shortest, as map does
         chunks = iter(lambda: list(itertools.islice(source, chunksize)), [])
         first = chunks if buffersize is None else itertools.islice(chunks, buffersize)
         out = deque(self._submit_batch(fn, chunk) for chunk in first)

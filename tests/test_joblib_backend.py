@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-joblib = pytest.importorskip("joblib", reason="joblib is a test tool: pip install .[test]")
+joblib = pytest.importorskip(
+    "joblib", reason="joblib is a test tool: pip install .[test]"
+)
 import joblib_work  # noqa: E402
 from conftest import descendants, wait_gone  # noqa: E402
 
@@ -31,7 +33,10 @@ def test_parallel_results_equal_sequential_and_ran_in_workers(rt_client: Any) ->
 
     expected = [joblib_work.square(i) for i in range(200)]
     with joblib.parallel_backend("lucidity"):
-        assert Parallel(n_jobs=-1)(delayed(joblib_work.square)(i) for i in range(200)) == expected
+        assert (
+            Parallel(n_jobs=-1)(delayed(joblib_work.square)(i) for i in range(200))
+            == expected
+        )
         pids = Parallel(n_jobs=-1)(delayed(joblib_work.pid_of)(i) for i in range(20))
     assert [x for x, _ in pids] == list(range(20))
     ran = {pid for _, pid in pids}
@@ -106,7 +111,9 @@ def test_a_failure_aborts_the_running_batches(rt_client: Any, tmp_path: Path) ->
 
 
 def test_grid_search_on_iris_equals_sequential(rt_client: Any, tmp_path: Path) -> None:
-    pytest.importorskip("sklearn", reason="scikit-learn is a test tool: pip install .[test]")
+    pytest.importorskip(
+        "sklearn", reason="scikit-learn is a test tool: pip install .[test]"
+    )
     from sklearn.datasets import load_iris
     from sklearn.model_selection import GridSearchCV
     from sklearn.tree import DecisionTreeClassifier

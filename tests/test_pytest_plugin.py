@@ -17,7 +17,7 @@ from pathlib import Path
 
 from conftest import wait_gone
 
-USER_TESTS = '''
+USER_TESTS = """
 import os
 from pathlib import Path
 
@@ -49,7 +49,7 @@ def test_lucidity_nodes_gives_a_cluster_of_n(lucidity_cluster, lucidity_nodes):
 def test_the_session_cluster_is_back(lucidity_cluster):
     nodes = get_engine().nodes(timeout=10)
     assert {n.address for n in nodes} == {n.address for n in lucidity_cluster.nodes}
-'''
+"""
 
 
 def test_a_users_suite_passes_with_lucidity_cluster(tmp_path: Path) -> None:
@@ -62,7 +62,15 @@ def test_a_users_suite_passes_with_lucidity_cluster(tmp_path: Path) -> None:
     }
     env["PIDS_FILE"] = str(pids_file)
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_user.py"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "test_user.py",
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
