@@ -15,8 +15,9 @@ Loaded by pytest wherever lucidity is installed (the `pytest11` entry point
 
 Every daemon started here stops when its fixture ends, and with this process
 whatever way it ends (each daemon's stdin is a pipe from here).
-Importing this module imports nothing of lucidity's: a pytest run that uses
-none of these fixtures pays nothing for them.
+Importing this module loads neither the client nor ZeroMQ (only the light
+`lucidity` package): a pytest run that uses none of these fixtures pays
+next to nothing for them.
 """
 
 from __future__ import annotations
