@@ -22,11 +22,13 @@ from lucidity.errors import (
     NoNodesError,
     RemoteError,
 )
+from lucidity.executor import Executor
 from lucidity.handle import Job
 
 __all__ = [
     "AuthenticationError",
     "ClusterError",
+    "Executor",
     "FuelExhaustedError",
     "Job",
     "JobCancelledError",

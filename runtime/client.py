@@ -20,11 +20,12 @@ import logging
 import os
 import pickle
 import random
+import sys
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Sized
+from collections.abc import Callable, Iterable, Sized
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
@@ -94,6 +95,28 @@ def _random_addr(nodes: list[dict[str, Any]]) -> str:
     """The address of a node picked at random: random.choice without its two
     Python-level calls (the fast path picks one per call)."""
     return str(nodes[int(_random() * len(nodes))]["addr"])
+
+
+def encode_callable(fn: Callable[..., Any], args: Any) -> tuple[str, Any]:
+    """A callable target (Executor, joblib) and its arguments as the wire
+    takes them: a module-level function or class by reference, as a job is
+    ("pkg.mod:name", shipped by its package); anything else (a bound method,
+    a partial, an instance) pickled ahead of its arguments, named
+    "<pickled>:MODULE:NAME" for logs and for the package to ship."""
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", None)
+    if isinstance(module, str) and isinstance(name, str) and module != "__main__":
+        obj: Any = sys.modules.get(module)
+        for part in name.split("."):
+            obj = getattr(obj, part, None)
+        if obj is fn:
+            return f"{module}:{name}", args
+    inner = fn.func if isinstance(fn, functools.partial) else fn
+    module = getattr(inner, "__module__", None) or "builtins"
+    name = getattr(inner, "__qualname__", type(inner).__qualname__)
+    if module.partition(".")[0] == "lucidity":
+        module = "builtins"  # lucidity is installed where workers run
+    return f"{p.PICKLED_TARGET}:{module}:{name}", (fn, args)
 
 
 def _decode_error(frames: list[Any], node: str) -> BaseException:
@@ -854,6 +877,8 @@ class Client:
 
     def _bundle(self, target: str) -> Bundle | None:
         module = target.partition(":")[0]
+        if module == p.PICKLED_TARGET:
+            module = target.split(":")[1]
         top = module.partition(".")[0]
         try:
             return self._bundles[top]

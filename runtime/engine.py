@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 from lucidity._options import JobOptions
 from lucidity.handle import Job
 
-__all__ = ["BatchResult", "Engine", "NodeInfo", "Target"]
+__all__ = ["BatchResult", "Engine", "NodeInfo", "Target", "get_engine"]
 
 # What a job runs: a reference "pkg.mod:func" (generated code), or a
 # picklable callable (the Executor, joblib).
@@ -117,3 +117,15 @@ class Engine(Protocol):
     def close(self) -> None:
         """Release everything the engine holds in this process."""
         ...
+
+
+def get_engine() -> Engine:
+    """This process's engine.
+
+    For now always the ZeroMQ client, through the bridge in
+    `lucidity._client_engine` (until the client implements `Engine` itself);
+    it follows `lucidity.connect`/`shutdown`, so it may be held across them.
+    """
+    from lucidity._client_engine import client_engine
+
+    return client_engine()

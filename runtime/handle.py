@@ -110,6 +110,8 @@ class Job(Future, Generic[T]):  # type: ignore[type-arg]
         The client never moves a job to RUNNING (the job runs elsewhere), so
         `Future.cancel` succeeds until the result is in.
         """
+        if self.cancelled():
+            return True  # once only: notifying a second time would raise
         if not super().cancel():
             return False
         # Wake `concurrent.futures.wait` waiters too, as an executor would.

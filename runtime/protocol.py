@@ -48,6 +48,9 @@ MAGIC = b"LU"
 VERSION = 1
 # Headers are small: a job id, a target name, options. Anything bigger is garbage.
 MAX_HEADER_BYTES = 64 * 1024
+# The target of a pickled callable (Executor, joblib): "<pickled>:MODULE:NAME",
+# for logs and code shipping; the callable travels ahead of its arguments.
+PICKLED_TARGET = "<pickled>"
 
 
 class MsgType(enum.IntEnum):

@@ -200,8 +200,10 @@ def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], b
     )
     set_job_depth(int(header.get("depth", 0)))
     try:
-        func = resolve(target)
+        func = None if target.startswith(p.PICKLED_TARGET) else resolve(target)
         args, reply = p.loads_request(payload, bool(header.get("shm")))
+        if func is None:
+            func, args = args  # a pickled callable, then its arguments
         batch = header.get("batch")
         if batch is not None:
             return _run_batch(func, args, batch == "single", limits, reply)
