@@ -47,6 +47,7 @@ from lucidity.errors import (
     WorkerLostError,
 )
 from lucidity.handle import Job, blocking, child_depth
+from lucidity.output import forwarding, show_output
 from lucidity.security import (
     HandshakeWatch,
     Keys,
@@ -523,6 +524,8 @@ class Client:
             header["fuel"] = options.fuel
         if shared:
             header["shm"] = 1  # answer through shared memory too
+        if not forwarding():
+            header["quiet"] = 1  # its output stays in its node's log
         return p.encode(p.MsgType.SUBMIT, header)
 
     # ---- same-host shared memory (lucidity._shm) ---------------------------
@@ -1221,6 +1224,7 @@ class Client:
                 self._inflight.pop(job_id, None)
                 p.discard_payload(payload, self._shm_inbound)
                 continue
+            pending.job.node, pending.job.pid = header.get("node"), header.get("pid")
             self._settle(pending, self._outcome(header, payload, addr))
 
     def _node_message(
@@ -1234,6 +1238,9 @@ class Client:
             if msg.type == p.MsgType.RESULT:
                 return int(msg.header["id"]), msg.header
             if msg.type == p.MsgType.PONG:
+                return None
+            if msg.type == p.MsgType.OUTPUT:
+                show_output(msg.header, frames[1:])
                 return None
             if msg.type == p.MsgType.FETCH:
                 self._send_bundle(sock, str(msg.header["bundle"]))

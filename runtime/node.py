@@ -31,6 +31,7 @@ from lucidity import protocol as p
 from lucidity._daemon import announce, bind, install_stop, watch_parent
 from lucidity._loop import NOBLOCK, EventLoop, messages, send_frames
 from lucidity.errors import ClusterError, WorkerLostError
+from lucidity.output import NodeOutput, WorkerPipes
 from lucidity.security import (
     DEFAULT_MAX_MESSAGE_MB,
     KEYS_ENV,
@@ -154,6 +155,21 @@ class Worker:
     # The one bundle this worker imports from, adopted with its first job.
     bundle: str | None = None
     retiring: bool = False
+    # Its stdout and stderr, read by the node (lucidity.output).
+    pipes: WorkerPipes | None = None
+
+    def running(self) -> tuple[tuple[bytes, int, Any, bool] | None, int]:
+        """What its output is a part of: (client, job id, target, whether
+        the client wants it) of its job, or None; and its pid."""
+        t = self.task
+        if t is None:
+            return None, self.proc.pid
+        return (
+            t.client,
+            t.job_id,
+            t.header.get("target"),
+            not t.header.get("quiet"),
+        ), (self.proc.pid)
 
 
 @dataclass
@@ -217,6 +233,7 @@ class NodeDaemon:
             self.ctl.connect(control)
         self.loop = EventLoop()
         self.loop.add_reader(self.front, self._on_client)
+        self.output = NodeOutput(self.loop, self.front, self.node_id)
         self.workers: dict[bytes, Worker] = {}
         # Queued jobs by nesting depth (see `_dispatch`).
         self.queue = _Queue()
@@ -265,6 +282,9 @@ class NodeDaemon:
                 w.proc.wait()
             os.close(w.pidfd)
             w.link.close()
+            if w.pipes is not None:
+                self.output.detach(w.pipes, w.running)
+        self.output.close()
         for sock in (self.front, self.ctl):
             if sock is not None:
                 sock.close(0)
@@ -330,6 +350,7 @@ class NodeDaemon:
             env[_shm.NODE_DIR_ENV] = self.shm_dir
         else:
             env.pop(_shm.NODE_DIR_ENV, None)
+        pipes = WorkerPipes()
         link, theirs = socket.socketpair()
         for end in (link, theirs):
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _link.BUFFER_BYTES)
@@ -338,14 +359,19 @@ class NodeDaemon:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "lucidity.worker", str(theirs.fileno())],
                 stdin=subprocess.PIPE,
+                # Never the node's own: the node reads these (lucidity.output).
+                stdout=pipes.child[0],
+                stderr=pipes.child[1],
                 env=env,
                 pass_fds=(theirs.fileno(),),
             )
         except BaseException:
             link.close()
+            pipes.close()
             raise
         finally:
             theirs.close()
+        pipes.close_child()
         link.setblocking(False)
         pidfd = os.pidfd_open(proc.pid)
         w = Worker(
@@ -355,7 +381,9 @@ class NodeDaemon:
             link=link,
             reader=_link.Reader(link),
             writer=_link.Writer(link),
+            pipes=pipes,
         )
+        self.output.attach(pipes, w.running)
         self.workers[w.wid] = w
         self.loop.add_reader(pidfd, lambda: self._on_worker_exit(w))
         self.loop.add_reader(link.fileno(), lambda: self._on_link(w))
@@ -398,6 +426,8 @@ class NodeDaemon:
         w.ready, w.retiring = False, True
         while self._read_link(w):
             pass
+        if w.pipes is not None:
+            self.output.detach(w.pipes, w.running)
         self.loop.remove_reader(w.link.fileno())
         w.link.close()
         code = w.proc.wait()
@@ -472,6 +502,8 @@ class NodeDaemon:
     def _on_done(
         self, w: Worker, header: dict[str, Any], payload: list[memoryview]
     ) -> None:
+        if w.pipes is not None:  # its lines first, then its result
+            self.output.job_done(w.pipes, w.running)
         task = w.task
         w.task = None
         w.blocked = False
@@ -480,6 +512,7 @@ class NodeDaemon:
         if task is None:
             return
         ok = bool(header.get("ok"))
+        task.header["pid"] = w.proc.pid  # where it ran, for the job's handle
         self._reply(task, ok, payload)  # first: its caller is waiting
         self.tasks.pop((task.client, task.job_id), None)
         if ok:
@@ -773,7 +806,13 @@ class NodeDaemon:
 
     def _reply(self, task: Task, ok: bool, payload: list[Any]) -> None:
         head = p.encode(
-            p.MsgType.RESULT, {"id": task.job_id, "ok": ok, "node": self.node_id}
+            p.MsgType.RESULT,
+            {
+                "id": task.job_id,
+                "ok": ok,
+                "node": self.node_id,
+                "pid": task.header.get("pid"),
+            },
         )
         self._deliver(task, [task.client, head, *payload])
 
