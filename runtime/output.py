@@ -62,6 +62,10 @@ MAX_LINE = 16 * 1024
 MAX_QUEUED = 10_000
 # Identical lines of other jobs within this window are counted, not printed.
 DEDUP_S = 5.0
+# Lines a Printer's thread takes from its queue at a time.
+_BATCH = 500
+# The prefix of the printer's own lines (drop counts).
+_OWN = "(lucidity) "
 _PREFIXED = re.compile(r"\(\S+ pid=\d+ node=\S+\) ")
 
 
@@ -245,6 +249,13 @@ class NodeOutput:
         self.local.close()
 
 
+def _lines_in(item: tuple[str, bool, str]) -> int:
+    """How many job lines a queued line stands for (a drop count: that many)."""
+    if item[0] == _OWN:
+        return int(item[2].split()[0])
+    return 1
+
+
 def _text(lines: list[bytes]) -> list[str]:
     return [line.decode(errors="replace") for line in lines]
 
@@ -280,6 +291,9 @@ class Printer:
         self._recent: dict[str, list[Any]] = {}
         self._thread: threading.Thread | None = None
         self._closed = False
+        # Exiting: stop writing, count what is left as dropped.
+        self._abandon = False
+        self._left = 0
         self.written = 0
 
     def put(self, prefix: str, err: bool, lines: list[str], dropped: int = 0) -> None:
@@ -307,7 +321,7 @@ class Printer:
     @staticmethod
     def _drop_line(count: int) -> tuple[str, bool, str]:
         return (
-            "(lucidity) ",
+            _OWN,
             True,
             f"{count} line(s) of job output dropped: the caller did not keep up",
         )
@@ -319,7 +333,9 @@ class Printer:
                     self._cond.wait(1.0 if self._recent else None)
                     if self._recent and not self._queue:
                         break
-                batch, self._queue = self._queue, []
+                # A slice at a time: a count of dropped lines is told soon.
+                batch = self._queue[:_BATCH]
+                del self._queue[:_BATCH]
                 dropped, self._dropped = self._dropped, 0
                 closing = self._closed
             if dropped:
@@ -338,11 +354,14 @@ class Printer:
         out = self._out or sys.stdout
         err = self._err or sys.stderr
         used = [False, False]  # stdout, stderr written to
-        for prefix, is_err, text in batch:
+        for index, (prefix, is_err, text) in enumerate(batch):
+            if self._abandon:
+                self._left += sum(_lines_in(item) for item in batch[index:])
+                break
             shown = _PREFIXED.match(text)
             if shown is not None:  # a nested job's line, prefixed where it ran
                 prefix, text = shown.group(0), text[shown.end() :]
-            if self.dedup and prefix != "(lucidity) ":
+            if self.dedup and prefix != _OWN:
                 seen = self._recent.get(text)
                 if seen is not None and seen[0] != prefix and now - seen[1] < DEDUP_S:
                     seen[2] += 1
@@ -403,7 +422,16 @@ class Printer:
             thread = self._thread
         if thread is not None:
             thread.join(timeout=2.0)
+            if thread.is_alive():  # a terminal that does not keep up
+                self._abandon = True
+                thread.join(timeout=1.0)
         with self._cond:
+            left = len(self._queue) + self._dropped + self._left
+            self._queue.clear()
+            self._dropped = self._left = 0
+            if left:
+                self._abandon = False
+                self._write([self._drop_line(left)])
             self._flush_repeats(time.monotonic(), True, [])
             for stream in (self._out or sys.stdout, self._err or sys.stderr):
                 try:
@@ -431,7 +459,7 @@ def printer() -> Printer:
 def show_output(header: dict[str, Any], payload: list[Any]) -> None:
     """An OUTPUT message from a node, to this process's stdout/stderr."""
     data = bytes(payload[0]) if payload else b""
-    lines = data.decode(errors="replace").split("\n") if data else []
+    lines = data.decode(errors="replace").split("\n") if payload else []
     dropped = header.get("dropped", 0)
     prefix = _prefix(header.get("job"), header.get("pid"), header.get("node"))
     printer().put(

@@ -163,3 +163,230 @@ def test_printing_jobs_never_freeze_the_embedded_cluster(
     shown = res.stdout if forward == "1" else res.stderr
     seen = sum(1 for line in shown.splitlines() if " chatty " in line)
     assert seen == 3000, f"{seen} of 3000 lines seen"
+
+
+# ---- forwarding ---------------------------------------------------------------
+
+
+def _lines_with(text: str, needle: str) -> list[str]:
+    return [line for line in text.splitlines() if needle in line]
+
+
+def _check_talk(out: str, err: str, tag: str, job: Any = None) -> None:
+    """`talk(tag)`'s lines, each prefixed with where it ran, in order."""
+    outs = _lines_with(out, f" {tag}")
+    errs = _lines_with(err, f" {tag}")
+    assert [line.split(") ", 1)[1] for line in outs] == [
+        f"out {tag} one",
+        f"out {tag} two",
+        f"fd1 {tag}",
+    ], out
+    assert [line.split(") ", 1)[1] for line in errs] == [
+        f"err {tag} one",
+        f"fd2 {tag}",
+        f"log {tag}",
+    ], err
+    for line in outs + errs:
+        assert line.startswith("(talk pid="), line
+        if job is not None:
+            assert line.startswith(f"(talk pid={job.pid} node={job.node}) "), line
+
+
+def test_embedded_output_reaches_the_caller_while_the_job_runs(
+    app_root: Path,
+) -> None:
+    res = run_script(
+        app_root,
+        """
+        import sys
+        TALK = _stubs.JobRef("outapp.jobs:talk")
+        job = _stubs.submit_remote(TALK, ("emb", 2.0))
+        assert job.result(60) == "emb"
+        print("RESULT", job.node, job.pid, flush=True)
+        """,
+    )
+    _check_talk(res.stdout, res.stderr, "emb")
+    lines = res.stdout.splitlines()
+    result = next(i for i, line in enumerate(lines) if line.startswith("RESULT"))
+    first = next(i for i, line in enumerate(lines) if "out emb one" in line)
+    # Printed 2 s before the job ended: it is shown before its result.
+    assert first < result, res.stdout
+    _, node, pid = lines[result].split()
+    assert lines[first].startswith(f"(talk pid={pid} node={node}) ")
+
+
+@pytest.fixture
+def cluster(app_root: Path, make_daemons: Any) -> Iterator[Any]:
+    """A CLI-started control and two nodes (one worker each) on loopback TCP,
+    this process connected to them."""
+    import lucidity
+    from lucidity import client
+
+    daemons = make_daemons(app_root, _clean_env(PYTHONPATH=str(app_root)))
+    ctl = daemons.control()
+    for _ in range(2):
+        daemons.node(ctl.endpoint)
+    lucidity.connect(ctl.endpoint)
+    client.get_client().wait_for_nodes(2, timeout=15)
+    yield daemons
+    lucidity.shutdown()
+    client._address = None
+
+
+def _printed() -> Any:
+    from lucidity import output
+
+    return output.printer()
+
+
+def test_cli_cluster_output_reaches_the_caller_while_the_job_runs(
+    cluster: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from waits import wait_until
+
+    from lucidity import _stubs
+
+    job = _stubs.submit_remote(_stubs.JobRef("outapp.jobs:talk"), ("cli", 3.0))
+    seen = {"out": "", "err": ""}
+
+    def arrived() -> bool:
+        got = capsys.readouterr()
+        seen["out"] += got.out
+        seen["err"] += got.err
+        return "out cli one" in seen["out"] and "err cli one" in seen["err"]
+
+    wait_until(arrived, 20, "the job's first lines")
+    assert not job.done(), "the lines came only with the result"
+    assert job.result(30) == "cli"
+    _printed().flush()
+    got = capsys.readouterr()
+    _check_talk(seen["out"] + got.out, seen["err"] + got.err, "cli", job)
+    assert job.node in {n["id"] for n in _nodes()}
+
+
+def _nodes() -> list[dict[str, Any]]:
+    from lucidity.client import get_client
+
+    return get_client().nodes()
+
+
+def test_nested_output_reaches_the_top_caller(
+    cluster: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lucidity import _stubs
+
+    assert _stubs.run_remote(_stubs.JobRef("outapp.jobs:parent"), ("n1",)) == "n1"
+    _printed().flush()
+    out = capsys.readouterr().out
+    parent = _lines_with(out, "parent n1")
+    child = _lines_with(out, "out child-n1")
+    assert [line.split(") ", 1)[1] for line in parent] == [
+        "parent n1 before",
+        "parent n1 after",
+    ], out
+    assert all(line.startswith("(parent pid=") for line in parent), out
+    # The child's lines, shown where the child ran, between its parent's.
+    assert len(child) == 2 and all(ln.startswith("(talk pid=") for ln in child), out
+    lines = out.splitlines()
+    assert (
+        lines.index(parent[0])
+        < lines.index(child[0])
+        < lines.index(child[1])
+        < lines.index(parent[1])
+    ), out
+
+
+def test_forwarding_off_keeps_output_in_the_nodes_log(
+    app_root: Path, make_daemons: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import lucidity
+    from lucidity import _stubs, client
+
+    daemons = make_daemons(app_root, _clean_env(PYTHONPATH=str(app_root)))
+    ctl = daemons.control()
+    node = daemons.node(ctl.endpoint)
+    os.environ["LUCIDITY_FORWARD_OUTPUT"] = "0"
+    try:
+        lucidity.connect(ctl.endpoint)
+        assert _stubs.run_remote(_stubs.JobRef("outapp.jobs:talk"), ("q", 0)) == "q"
+        _printed().flush()
+    finally:
+        del os.environ["LUCIDITY_FORWARD_OUTPUT"]
+        lucidity.shutdown()
+        client._address = None
+    got = capsys.readouterr()
+    assert " q" not in got.out and "err q" not in got.err, got
+
+    from waits import wait_until
+
+    wait_until(lambda: "fd2 q" in node.log_text(), 10, "the lines in the node's log")
+    log = node.log_text()
+    for text in ("out q one", "out q two", "fd1 q", "err q one", "fd2 q", "log q"):
+        assert f") {text}" in log, log
+
+
+def test_repeated_lines_of_many_jobs_are_collapsed(app_root: Path) -> None:
+    res = run_script(
+        app_root,
+        """
+        SAME = _stubs.JobRef("outapp.jobs:same")
+        assert _stubs.fanout(SAME, [(i,) for i in range(40)]) == list(range(40))
+        """,
+    )
+    plain = [
+        line
+        for line in res.stdout.splitlines()
+        if line.endswith(") the same line from every job")
+    ]
+    repeated = _lines_with(res.stdout, "the same line from every job [repeated ")
+    # Once per worker that ran it first (a window per line), then a count.
+    assert 1 <= len(plain) < 40, res.stdout
+    assert repeated, res.stdout
+    counts = sum(
+        int(line.rsplit("[repeated ", 1)[1].split("x")[0]) for line in repeated
+    )
+    assert len(plain) + counts == 40, res.stdout
+
+
+def test_an_output_flood_neither_blocks_nor_loses_the_cluster(app_root: Path) -> None:
+    # 3,000 jobs writing 40 lines of ~200 bytes each (24 MB), to a caller
+    # whose stdout takes a millisecond per write: most lines cannot be shown.
+    res = run_script(
+        app_root,
+        """
+        import sys, time
+
+        class Slow:
+            def __init__(self, inner):
+                self.inner = inner
+            def write(self, text):
+                time.sleep(0.001)
+                return self.inner.write(text)
+            def flush(self):
+                self.inner.flush()
+
+        real = sys.stdout
+        sys.stdout = Slow(real)
+        FLOOD = _stubs.JobRef("outapp.jobs:flood")
+        started = time.monotonic()
+        items = [(i, 40, 200) for i in range(3000)]
+        assert _stubs.fanout(FLOOD, items) == list(range(3000))
+        CHATTY = _stubs.JobRef("outapp.jobs:chatty")
+        t = time.monotonic()
+        assert _stubs.run_remote(CHATTY, (1, 10)) == 1
+        real.write(f"AFTER {time.monotonic() - t:.3f}\\n")
+        real.write(f"FANOUT {t - started:.1f}\\n")
+        real.flush()
+        """,
+    )
+    after = float(_lines_with(res.stdout, "AFTER ")[0].split()[1])
+    assert after < 5.0, res.stdout[-500:]  # the cluster still answers at once
+    dropped = _lines_with(res.stderr, "line(s) of job output dropped")
+    assert dropped, res.stderr[-2000:]
+    told = sum(int(line.split(") ", 1)[1].split()[0]) for line in dropped)
+    shown = len(
+        _lines_with(res.stdout, ") flood ") + _lines_with(res.stdout, ") chatty ")
+    )
+    # Every line (the flood's, and the last job's one) is either shown or
+    # counted as dropped: none is lost silently.
+    assert shown + told == 3000 * 40 + 1, (shown, told, dropped)
