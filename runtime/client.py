@@ -48,6 +48,7 @@ from lucidity.errors import (
 )
 from lucidity.handle import Job, blocking, child_depth
 from lucidity.output import forwarding, show_output
+from lucidity.progress import FanoutProgress
 from lucidity.security import (
     HandshakeWatch,
     Keys,
@@ -889,6 +890,7 @@ class Client:
         per_item = options.timeout is not None or options.retries > 0
         total = len(items) if isinstance(items, Sized) else None
         source = iter(items)
+        progress = FanoutProgress(target, total)
         with blocking():
             if not self.nodes(timeout=wait_s):
                 raise self._no_nodes_error(options.init_retry_interval_ms)
@@ -912,11 +914,13 @@ class Client:
                         values, fail, elapsed, node = job.result()
                         results[first : first + len(values)] = values
                         sizer.observe(len(values) + (fail is not None), elapsed)
+                        progress.done += len(values) + (fail is not None)
                         if fail is not None:
                             index, frame = fail
                             failures[first + index] = _decode_error([frame], node)
                     else:
                         results[first] = job.result()
+                        progress.done += 1
                     cond.notify_all()
 
             try:
@@ -972,6 +976,7 @@ class Client:
                 with cond:
                     while out:
                         cond.wait()
+                progress.close()
         if failures:
             raise failures[min(failures)]
         return results

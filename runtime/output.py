@@ -25,6 +25,7 @@ reach its client before its result, in order, over the same connection.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import re
@@ -127,7 +128,7 @@ class WorkerPipes:
         err_r, err_w = os.pipe()
         for fd in (out_r, err_r):
             os.set_blocking(fd, False)
-        self.child = (out_w, err_w)
+        self.child: tuple[int, ...] = (out_w, err_w)
         self.streams = (_Stream(out_r, False), _Stream(err_r, True))
         # To ask both pipes at once, in one system call, whether anything
         # waits (at every job's end: most jobs print nothing).
@@ -177,7 +178,9 @@ class NodeOutput:
 
     def attach(self, pipes: WorkerPipes, where: Callable[[], Any]) -> None:
         for s in pipes.streams:
-            self.loop.add_reader(s.fd, lambda s=s: self._on_pipe(pipes, s, where))
+            self.loop.add_reader(
+                s.fd, functools.partial(self._on_pipe, pipes, s, where)
+            )
 
     def _on_pipe(
         self, pipes: WorkerPipes, s: _Stream, where: Callable[[], Any]

@@ -390,3 +390,96 @@ def test_an_output_flood_neither_blocks_nor_loses_the_cluster(app_root: Path) ->
     # Every line (the flood's, and the last job's one) is either shown or
     # counted as dropped: none is lost silently.
     assert shown + told == 3000 * 40 + 1, (shown, told, dropped)
+
+
+# ---- progress -----------------------------------------------------------------
+
+
+def _read_all(fd: int, into: list[bytes]) -> None:
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the other side of the pty is closed
+            return
+        if not chunk:
+            return
+        into.append(chunk)
+
+
+def run_on_pty(root: Path, body: str, **env: str) -> tuple[str, str]:
+    """Run `body` (an embedded cluster of its own) with its stderr on a
+    pseudo-terminal: (its stdout, what it drew on the terminal)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+    # A terminal of 100 columns, as a real one says.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    got: list[bytes] = []
+    reader = threading.Thread(target=_read_all, args=(master, got), daemon=True)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from lucidity import _stubs\n" + body],
+            cwd=root,
+            env=_clean_env(PYTHONPATH=str(root), **env),
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        os.close(slave)
+        slave = -1
+        reader.start()
+        try:
+            out, _ = proc.communicate(timeout=RUN_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate(timeout=30)
+            pytest.fail(f"the script hung (killed after {RUN_S:.0f} s)")
+        reader.join(timeout=10)
+        assert proc.returncode == 0, b"".join(got).decode(errors="replace")[-3000:]
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    return out, b"".join(got).decode(errors="replace")
+
+
+SLOW_FANOUT = """
+SLOW = _stubs.JobRef("outapp.jobs:slow")
+assert _stubs.fanout(SLOW, [(i, 0.1) for i in range(40)]) == list(range(40))
+print("FANOUT DONE", flush=True)
+"""
+
+QUICK_FANOUT = """
+SLOW = _stubs.JobRef("outapp.jobs:slow")
+assert _stubs.fanout(SLOW, [(i, 0.0) for i in range(40)]) == list(range(40))
+print("FANOUT DONE", flush=True)
+"""
+
+
+def test_a_long_fanout_draws_a_progress_bar_on_a_terminal(app_root: Path) -> None:
+    out, tty = run_on_pty(app_root, SLOW_FANOUT)
+    assert "FANOUT DONE" in out
+    # tqdm's bar: the job, items done of the total, the rate.
+    assert "slow: " in tty and "40/40" in tty and "item/s" in tty, tty
+    assert "\r" in tty, tty  # redrawn in place
+
+
+def test_a_short_fanout_draws_no_bar(app_root: Path) -> None:
+    out, tty = run_on_pty(app_root, QUICK_FANOUT)
+    assert "FANOUT DONE" in out
+    assert "item/s" not in tty and "40/40" not in tty, tty
+
+
+def test_no_progress_bar_without_a_terminal_unless_forced(app_root: Path) -> None:
+    plain = run_script(app_root, SLOW_FANOUT)
+    assert "FANOUT DONE" in plain.stdout
+    assert "item/s" not in plain.stderr, plain.stderr
+    forced = run_script(app_root, SLOW_FANOUT, LUCIDITY_PROGRESS="1")
+    assert "40/40" in forced.stderr and "item/s" in forced.stderr, forced.stderr
+    out, tty = run_on_pty(app_root, SLOW_FANOUT, LUCIDITY_PROGRESS="0")
+    assert "FANOUT DONE" in out and "item/s" not in tty, tty
