@@ -40,6 +40,7 @@ from lucidity.security import (
     Keys,
     check_bind,
 )
+from lucidity.watch import rss_bytes
 
 __all__ = ["NodeDaemon", "DEFAULT_NODE_PORT"]
 
@@ -317,6 +318,11 @@ class NodeDaemon:
                 "busy": self._load()[0],
                 "queued": len(self.queue),
                 "pid": os.getpid(),
+                # For `lucidity status --watch`: jobs finished, and memory.
+                "done": self.stats.done + self.stats.failed,
+                "mem": rss_bytes(
+                    [os.getpid(), *(w.proc.pid for w in self.workers.values())]
+                ),
                 "leaving": leaving,
                 **self.shm_info,
             },

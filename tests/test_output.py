@@ -483,3 +483,101 @@ def test_no_progress_bar_without_a_terminal_unless_forced(app_root: Path) -> Non
     assert "40/40" in forced.stderr and "item/s" in forced.stderr, forced.stderr
     out, tty = run_on_pty(app_root, SLOW_FANOUT, LUCIDITY_PROGRESS="0")
     assert "FANOUT DONE" in out and "item/s" not in tty, tty
+
+
+# ---- status --watch -----------------------------------------------------------
+
+
+def _watch_argv(control: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "lucidity",
+        "status",
+        "--control",
+        control,
+        "--watch",
+        "--interval-ms",
+        "300",
+        *extra,
+    ]
+
+
+def test_status_watch_refreshes_in_place_on_a_terminal(
+    cluster: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pty
+    import threading
+
+    from waits import in_thread
+
+    from lucidity import _stubs
+    from lucidity.client import get_client
+
+    control = get_client().control
+    assert control is not None
+    ids = {n["id"] for n in _nodes()}
+    slow = _stubs.JobRef("outapp.jobs:slow")
+    # Jobs finishing all along, for the jobs/s column.
+    busy = in_thread(lambda: _stubs.fanout(slow, [(i, 0.02) for i in range(200)]))
+    master, slave = pty.openpty()
+    got: list[bytes] = []
+    reader = threading.Thread(target=_read_all, args=(master, got), daemon=True)
+    try:
+        proc = subprocess.Popen(
+            _watch_argv(control, "--count", "10"),
+            stdout=slave,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=_clean_env(),
+        )
+        os.close(slave)
+        slave = -1
+        reader.start()
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate(timeout=10)
+            pytest.fail("status --watch --count 10 did not end")
+        reader.join(timeout=10)
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert busy.result(60) == list(range(200))
+    assert proc.returncode == 0, err
+    tty = b"".join(got).decode(errors="replace")
+    frames = [f for f in tty.split("\x1b[H\x1b[2J") if f.strip()]
+    assert len(frames) == 10, tty  # each refresh redraws the screen
+    for frame in frames:
+        assert "JOBS/S" in frame and "MEMORY" in frame, frame
+        assert all(node in frame for node in ids), frame
+        assert "2 node(s)" in frame, frame
+    rates = [
+        float(line.split(", ")[-1].split()[0])
+        for f in frames
+        for line in f.splitlines()
+        if "jobs/s" in line
+    ]
+    assert max(rates) > 0, tty  # the jobs finishing meanwhile were counted
+    capsys.readouterr()
+
+
+def test_status_watch_prints_plain_lines_without_a_terminal(cluster: Any) -> None:
+    from lucidity.client import get_client
+
+    control = get_client().control
+    assert control is not None
+    res = subprocess.run(
+        _watch_argv(control, "--count", "2"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_clean_env(),
+    )
+    assert res.returncode == 0, res.stderr
+    assert "\x1b" not in res.stdout
+    assert res.stdout.count("NODE  ") == 2 and res.stdout.count("2 node(s)") == 2
+    for node in _nodes():
+        assert node["id"] in res.stdout
