@@ -455,7 +455,9 @@ def printer() -> Printer:
             if _printer is None:
                 # In a worker: its stdout is a pipe its node reads, so lines
                 # of nested jobs go out in order with the job's own.
-                _printer = Printer(sync=bool(os.environ.get("LUCIDITY_NODE_ID")))
+                in_worker = bool(os.environ.get("LUCIDITY_NODE_ID"))
+                # (and the top caller collapses repeats, not each worker)
+                _printer = Printer(sync=in_worker, dedup=False if in_worker else None)
     return _printer
 
 
