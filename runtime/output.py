@@ -57,6 +57,8 @@ FORWARD_ENV = "LUCIDITY_FORWARD_OUTPUT"
 DEDUP_ENV = "LUCIDITY_DEDUP_OUTPUT"
 # One read of a pipe: up to this much (one OUTPUT message at most).
 READ_BYTES = 64 * 1024
+# Reads of one pipe at a job's end, at most.
+_DRAIN_READS = 16
 # A line longer than this is passed on in pieces of this size.
 MAX_LINE = 16 * 1024
 # Lines a Printer holds before it drops (and counts) new ones.
@@ -198,7 +200,9 @@ class NodeOutput:
         an unended line. Before its result is sent."""
         at = where()
         for s in pipes.waiting():
-            while True:
+            # Bounded: a thread of the worker's that never stops printing
+            # must not keep the node here (the rest is read as it comes).
+            for _ in range(_DRAIN_READS):
                 lines = s.read()
                 if not lines:
                     break

@@ -581,3 +581,55 @@ def test_status_watch_prints_plain_lines_without_a_terminal(cluster: Any) -> Non
     assert res.stdout.count("NODE  ") == 2 and res.stdout.count("2 node(s)") == 2
     for node in _nodes():
         assert node["id"] in res.stdout
+
+
+# ---- a node's side, isolated --------------------------------------------------
+
+
+def test_a_node_drops_and_counts_what_a_full_client_queue_refuses() -> None:
+    """`NodeOutput` against a real ROUTER whose peer reads nothing: sends
+    the peer's queue refuses are counted, and the next OUTPUT says how many."""
+    import zmq
+
+    from lucidity import protocol as p
+    from lucidity._loop import EventLoop
+    from lucidity.output import NodeOutput
+
+    ctx = zmq.Context()
+    front = ctx.socket(zmq.ROUTER)
+    front.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    front.sndhwm = 4
+    front.bind("inproc://out-drops")
+    peer = ctx.socket(zmq.DEALER)
+    peer.setsockopt(zmq.IDENTITY, b"c1")
+    peer.rcvhwm = 4
+    peer.connect("inproc://out-drops")
+    try:
+        out = NodeOutput(EventLoop(), front, "n0")
+        out.enabled = True
+        at = ((b"c1", 7, "app.mod:talk", True), 4242)
+        for n in range(100):
+            out._emit(at, False, [f"line {n}".encode()])
+        assert out.dropped[b"c1"] > 0
+        dropped = out.dropped[b"c1"]
+        got: list[list[bytes]] = []
+        while peer.poll(100):
+            got.append(peer.recv_multipart())
+        assert len(got) + dropped == 100
+        out._emit(at, True, [b"after"])
+        msg = p.decode(peer.recv_multipart()[0])
+        assert msg.type == p.MsgType.OUTPUT
+        assert msg.header == {
+            "id": 7,
+            "job": "talk",
+            "pid": 4242,
+            "node": "n0",
+            "err": 1,
+            "dropped": dropped,
+        }
+        assert b"c1" not in out.dropped
+        out.close()
+    finally:
+        peer.close(0)
+        front.close(0)
+        ctx.term()
