@@ -47,7 +47,7 @@ from lucidity.errors import (
     WorkerLostError,
 )
 from lucidity.handle import Job, blocking, child_depth
-from lucidity.output import forwarding, show_output
+from lucidity.output import forwarding, settle, show_output
 from lucidity.progress import FanoutProgress
 from lucidity.security import (
     HandshakeWatch,
@@ -977,6 +977,7 @@ class Client:
                     while out:
                         cond.wait()
                 progress.close()
+                settle()  # the items' lines before what the caller prints next
         if failures:
             raise failures[min(failures)]
         return results

@@ -48,6 +48,7 @@ __all__ = [
     "WorkerPipes",
     "forwarding",
     "printer",
+    "settle",
     "show_output",
 ]
 
@@ -301,6 +302,8 @@ class Printer:
         # Exiting: stop writing, count what is left as dropped.
         self._abandon = False
         self._left = 0
+        # Lines ever queued, and ever taken and written (or given up).
+        self.queued = 0
         self.written = 0
 
     def put(self, prefix: str, err: bool, lines: list[str], dropped: int = 0) -> None:
@@ -317,6 +320,7 @@ class Printer:
                 self._dropped += len(lines) - max(room, 0)
                 lines = lines[: max(room, 0)]
             self._queue.extend((prefix, err, line) for line in lines)
+            self.queued += len(lines)
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(
                     target=self._run, name="lucidity-output", daemon=True
@@ -345,11 +349,12 @@ class Printer:
                 del self._queue[:_BATCH]
                 dropped, self._dropped = self._dropped, 0
                 closing = self._closed
+            taken = len(batch)
             if dropped:
                 batch.append(self._drop_line(dropped))
             self._write(batch)
             with self._cond:
-                self.written += len(batch)
+                self.written += taken
                 self._cond.notify_all()
                 if closing and not self._queue:
                     return
@@ -411,7 +416,7 @@ class Printer:
     def flush(self, timeout: float = 2.0) -> None:
         """Wait (bounded) until what is queued now has been written."""
         with self._cond:
-            target = self.written + len(self._queue) + bool(self._dropped)
+            target = self.queued
             deadline = time.monotonic() + timeout
             while self.written < target and self._thread is not None:
                 left = deadline - time.monotonic()
@@ -463,6 +468,15 @@ def printer() -> Printer:
                 # (and the top caller collapses repeats, not each worker)
                 _printer = Printer(sync=in_worker, dedup=False if in_worker else None)
     return _printer
+
+
+def settle(timeout: float = 0.5) -> None:
+    """Let the lines jobs printed so far be written before the caller goes
+    on (bounded): a blocking call's lines come before what its caller
+    prints next. Nothing to do, at once, when no job printed anything."""
+    pr = _printer
+    if pr is not None and pr.written < pr.queued:
+        pr.flush(timeout)
 
 
 def show_output(header: dict[str, Any], payload: list[Any]) -> None:

@@ -203,8 +203,15 @@ def test_embedded_output_reaches_the_caller_while_the_job_runs(
         job = _stubs.submit_remote(TALK, ("emb", 2.0))
         assert job.result(60) == "emb"
         print("RESULT", job.node, job.pid, flush=True)
+        assert _stubs.run_remote(TALK, ("sync", 0.0)) == "sync"
+        print("AFTER SYNC", flush=True)
         """,
     )
+    # A blocking call returns once its lines are written: they come before
+    # what its caller prints next.
+    lines = res.stdout.splitlines()
+    after = lines.index("AFTER SYNC")
+    assert [i for i, line in enumerate(lines) if " sync" in line][-1] < after
     _check_talk(res.stdout, res.stderr, "emb")
     lines = res.stdout.splitlines()
     result = next(i for i, line in enumerate(lines) if line.startswith("RESULT"))
@@ -633,3 +640,26 @@ def test_a_node_drops_and_counts_what_a_full_client_queue_refuses() -> None:
         peer.close(0)
         front.close(0)
         ctx.term()
+
+
+def test_an_output_flood_over_the_wire_loses_no_line_silently(
+    cluster: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    from lucidity import _stubs
+
+    # 1,000 jobs of 40 lines of ~200 bytes (8 MB) from CLI-started nodes.
+    items = [(i, 40, 200) for i in range(1000)]
+    assert _stubs.fanout(_stubs.JobRef("outapp.jobs:flood"), items) == list(range(1000))
+    started = time.monotonic()
+    assert _stubs.run_remote(_stubs.JobRef("outapp.jobs:slow"), (1, 0.0)) == 1
+    assert time.monotonic() - started < 5.0  # the cluster answers at once
+    _printed().flush(30)
+    got = capsys.readouterr()
+    shown = len(_lines_with(got.out, ") flood "))
+    told = sum(
+        int(line.split(") ", 1)[1].split()[0])
+        for line in _lines_with(got.err, "line(s) of job output dropped")
+    )
+    assert shown + told == 1000 * 40, (shown, told)
