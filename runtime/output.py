@@ -302,6 +302,7 @@ class Printer:
         # Exiting: stop writing, count what is left as dropped.
         self._abandon = False
         self._left = 0
+        self.pid = os.getpid()
         # Lines ever queued, and ever taken and written (or given up).
         self.queued = 0
         self.written = 0
@@ -459,9 +460,11 @@ _printer_lock = threading.Lock()
 def printer() -> Printer:
     """This process's printer of forwarded job output."""
     global _printer
-    if _printer is None:
+    pr = _printer
+    if pr is None or pr.pid != os.getpid():
         with _printer_lock:
-            if _printer is None:
+            # A forked child has its parent's printer, but not its thread.
+            if _printer is None or _printer.pid != os.getpid():
                 # In a worker: its stdout is a pipe its node reads, so lines
                 # of nested jobs go out in order with the job's own.
                 in_worker = bool(os.environ.get("LUCIDITY_NODE_ID"))
@@ -475,7 +478,7 @@ def settle(timeout: float = 0.5) -> None:
     on (bounded): a blocking call's lines come before what its caller
     prints next. Nothing to do, at once, when no job printed anything."""
     pr = _printer
-    if pr is not None and pr.written < pr.queued:
+    if pr is not None and pr.written < pr.queued and pr.pid == os.getpid():
         pr.flush(timeout)
 
 
