@@ -470,7 +470,8 @@ def printer() -> Printer:
                 in_worker = bool(os.environ.get("LUCIDITY_NODE_ID"))
                 # (and the top caller collapses repeats, not each worker)
                 _printer = Printer(sync=in_worker, dedup=False if in_worker else None)
-    return _printer
+            pr = _printer
+    return pr
 
 
 def settle(timeout: float = 0.5) -> None:
