@@ -35,7 +35,7 @@ def _no_output() -> None:
     pass
 
 
-# `lucidity.output.settle` once the client is loaded: a blocking call's
+# `lucidity.printer.settle` once the client is loaded: a blocking call's
 # printed lines are written before its caller goes on.
 _settle: Callable[[], None] = _no_output
 
@@ -46,7 +46,7 @@ def _client() -> Client:
     global _get_client, _settle
     if _get_client is None:
         from lucidity.client import get_client
-        from lucidity.output import settle
+        from lucidity.printer import settle
 
         _get_client, _settle = get_client, settle
     return _get_client()

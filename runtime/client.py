@@ -47,7 +47,8 @@ from lucidity.errors import (
     WorkerLostError,
 )
 from lucidity.handle import Job, blocking, child_depth
-from lucidity.output import forwarding, settle, show_output
+from lucidity.output import forwarding
+from lucidity.printer import settle, show_output
 from lucidity.progress import FanoutProgress
 from lucidity.security import (
     HandshakeWatch,

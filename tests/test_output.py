@@ -241,9 +241,9 @@ def cluster(app_root: Path, make_daemons: Any) -> Iterator[Any]:
 
 
 def _printed() -> Any:
-    from lucidity import output
+    from lucidity import printer
 
-    return output.printer()
+    return printer.printer()
 
 
 def test_cli_cluster_output_reaches_the_caller_while_the_job_runs(
