@@ -80,3 +80,8 @@ def announce(endpoint: str) -> None:
     """Tell whoever started us where we listen (one line on stdout)."""
     sys.stdout.write(f"LUCIDITY-READY {endpoint}\n")
     sys.stdout.flush()
+    if not os.isatty(1):
+        # Whoever started us may read this pipe only for that line (the
+        # embedded cluster does): anything written to it later could fill
+        # it and block us. Stray writes go to stderr, our log.
+        os.dup2(2, 1)

@@ -31,14 +31,24 @@ T = TypeVar("T")
 _get_client: Callable[[], Client] | None = None
 
 
+def _no_output() -> None:
+    pass
+
+
+# `lucidity.printer.settle` once the client is loaded: a blocking call's
+# printed lines are written before its caller goes on.
+_settle: Callable[[], None] = _no_output
+
+
 def _client() -> Client:
     # Imported on first use, not with the stubs: a generated module stays
     # cheap to import; and once, not on every call (a hot path).
-    global _get_client
+    global _get_client, _settle
     if _get_client is None:
         from lucidity.client import get_client
+        from lucidity.printer import settle
 
-        _get_client = get_client
+        _get_client, _settle = get_client, settle
     return _get_client()
 
 
@@ -75,13 +85,19 @@ def submit_remote(ref: JobRef[T], args: tuple[Any, ...]) -> Job[T]:
 
 def run_local(ref: JobRef[T], args: tuple[Any, ...]) -> T:
     """Run `ref(*args)` on this process's own node and wait for it."""
-    value: T = _client().run(ref.target, ref.options, args, local=True)
+    try:
+        value: T = _client().run(ref.target, ref.options, args, local=True)
+    finally:
+        _settle()
     return value
 
 
 def run_remote(ref: JobRef[T], args: tuple[Any, ...]) -> T:
     """Run `ref(*args)` on a random live node and wait for it."""
-    value: T = _client().run(ref.target, ref.options, args)
+    try:
+        value: T = _client().run(ref.target, ref.options, args)
+    finally:
+        _settle()
     return value
 
 

@@ -160,6 +160,24 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--insecure", action="store_true", help="ask a cluster run without keys"
     )
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="a live view (per node: workers, busy, queued, jobs/s, memory), "
+        "refreshed in place on a terminal; Ctrl-C ends it",
+    )
+    status.add_argument(
+        "--interval-ms",
+        type=_positive_ms,
+        default=1.0,
+        help="with --watch: refresh period (default 1000)",
+    )
+    status.add_argument(
+        "--count",
+        type=_positive_int,
+        default=None,
+        help="with --watch: stop after this many refreshes (default: never)",
+    )
 
     keygen = sub.add_parser("keygen", help="make a cluster's CURVE keys")
     keygen.add_argument("dir", metavar="DIR", help="the keys folder (created 0700)")
@@ -275,6 +293,22 @@ def _security(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _watch(args: argparse.Namespace) -> int:
+    from lucidity.errors import AuthenticationError
+    from lucidity.security import load_keys
+    from lucidity.watch import Asker, watch
+
+    keys = load_keys(args.keys) if args.keys else None
+    asker = Asker(args.control, keys, args.timeout_ms)
+    try:
+        return watch(asker, args.control, args.interval_ms, args.count)
+    except AuthenticationError as exc:
+        print(f"lucidity status: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        asker.close()
+
+
 def _keygen(folder: str, member: str | None) -> int:
     from lucidity.security import add_member, keygen
 
@@ -312,6 +346,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             **_security(args),
         ).run(parent_fd=0 if args.parent_pipe else None)
         return 0
+    if args.command == "status" and args.watch:
+        return _watch(args)
     if args.command == "status":
         return _status(args.control, args.timeout_ms, args.keys, args.insecure)
     if args.command == "keygen":

@@ -49,6 +49,9 @@ from lucidity.errors import (
     WorkerLostError,
 )
 from lucidity.handle import Job, blocking, child_depth
+from lucidity.output import forwarding
+from lucidity.printer import settle, show_output
+from lucidity.progress import FanoutProgress
 from lucidity.security import (
     MAX_NODE_WORKERS,
     HandshakeWatch,
@@ -603,6 +606,8 @@ class Client:
         # A result over it would make our socket drop the node's connection:
         # the node answers with an error instead.
         header["max_mb"] = self._max_mb
+        if not forwarding():
+            header["quiet"] = 1  # its output stays in its node's log
         return p.encode(p.MsgType.SUBMIT, header)
 
     # ---- same-host shared memory (lucidity._shm) ---------------------------
@@ -985,6 +990,7 @@ class Client:
         per_item = options.timeout is not None or options.retries > 0
         total = len(items) if isinstance(items, Sized) else None
         source = iter(items)
+        progress = FanoutProgress(target, total)
         with blocking():
             if not self.nodes(timeout=wait_s):
                 raise self._no_nodes_error(options.init_retry_interval_ms)
@@ -1008,11 +1014,13 @@ class Client:
                         values, fail, elapsed, node = job.result()
                         results[first : first + len(values)] = values
                         sizer.observe(len(values) + (fail is not None), elapsed)
+                        progress.done += len(values) + (fail is not None)
                         if fail is not None:
                             index, frame = fail
                             failures[first + index] = _decode_error([frame], node)
                     else:
                         results[first] = job.result()
+                        progress.done += 1
                     cond.notify_all()
 
             try:
@@ -1068,6 +1076,8 @@ class Client:
                 with cond:
                     while out:
                         cond.wait()
+                progress.close()
+                settle()  # the items' lines before what the caller prints next
         if failures:
             raise failures[min(failures)]
         return results
@@ -1412,6 +1422,7 @@ class Client:
                 self._inflight.pop(job_id, None)
                 p.discard_payload(payload, self._shm_inbound)
                 continue
+            pending.job.node, pending.job.pid = header.get("node"), header.get("pid")
             self._settle(pending, self._outcome(header, payload, addr))
 
     def _node_message(
@@ -1428,6 +1439,9 @@ class Client:
                 node = msg.header.get("node")
                 if isinstance(node, str) and self._node_ids.get(addr) != node:
                     self._seen_identity(addr, node)
+                return None
+            if msg.type == p.MsgType.OUTPUT:
+                show_output(msg.header, frames[1:])
                 return None
             if msg.type == p.MsgType.FETCH:
                 self._send_bundle(sock, addr, str(msg.header["bundle"]))

@@ -110,6 +110,9 @@ class ControlDaemon:
             "busy": int(header.get("busy", 0)),
             "queued": int(header.get("queued", 0)),
             "pid": int(header.get("pid", 0)),
+            # For `lucidity status --watch`.
+            "done": int(header.get("done", 0)),
+            "mem": int(header.get("mem", 0)),
         }
         # Same-host shared memory (see lucidity._shm): the node's boot id and
         # directory, passed on to clients, which check both before use.

@@ -82,6 +82,9 @@ class Job(Future, Generic[T]):  # type: ignore[type-arg]
         super().__init__()
         self.job_id = job_id
         self.target = target
+        # Where it ran (its node's id, its worker's pid), once its result is in.
+        self.node: str | None = None
+        self.pid: int | None = None
         self._cancel_hook: Callable[[Job[T]], None] | None = None
 
     def __repr__(self) -> str:

@@ -31,6 +31,7 @@ from lucidity._daemon import announce, bind, install_stop, watch_parent
 from lucidity._loop import NOBLOCK, EventLoop, messages, send_frames
 from lucidity.bundle import BundleCache, cache_max_bytes
 from lucidity.errors import ClusterError, MessageTooLargeError, WorkerLostError
+from lucidity.output import NodeOutput, WorkerPipes
 from lucidity.security import (
     DEFAULT_MAX_MESSAGE_MB,
     INSECURE_ENV,
@@ -41,6 +42,7 @@ from lucidity.security import (
     Keys,
     check_bind,
 )
+from lucidity.watch import rss_bytes
 
 __all__ = ["NodeDaemon", "DEFAULT_NODE_PORT"]
 
@@ -164,6 +166,21 @@ class Worker:
     retiring: bool = False
     # It said READY once: a worker that dies before is one that cannot start.
     greeted: bool = False
+    # Its stdout and stderr, read by the node (lucidity.output).
+    pipes: WorkerPipes | None = None
+
+    def running(self) -> tuple[tuple[bytes, int, Any, bool] | None, int]:
+        """What its output is a part of: (client, job id, target, whether
+        the client wants it) of its job, or None; and its pid."""
+        t = self.task
+        if t is None:
+            return None, self.proc.pid
+        return (
+            t.client,
+            t.job_id,
+            t.header.get("target"),
+            not t.header.get("quiet"),
+        ), (self.proc.pid)
 
 
 @dataclass
@@ -231,6 +248,7 @@ class NodeDaemon:
             self.ctl.connect(control)
         self.loop = EventLoop()
         self.loop.add_reader(self.front, self._on_client)
+        self.output = NodeOutput(self.loop, self.front, self.node_id)
         self.workers: dict[bytes, Worker] = {}
         # Queued jobs by nesting depth (see `_dispatch`).
         self.queue = _Queue()
@@ -282,6 +300,9 @@ class NodeDaemon:
                 w.proc.wait()
             os.close(w.pidfd)
             w.link.close()
+            if w.pipes is not None:
+                self.output.detach(w.pipes, w.running)
+        self.output.close()
         for sock in (self.front, self.ctl):
             if sock is not None:
                 sock.close(0)
@@ -314,6 +335,11 @@ class NodeDaemon:
                 "busy": self._load()[0],
                 "queued": len(self.queue),
                 "pid": os.getpid(),
+                # For `lucidity status --watch`: jobs finished, and memory.
+                "done": self.stats.done + self.stats.failed,
+                "mem": rss_bytes(
+                    [os.getpid(), *(w.proc.pid for w in self.workers.values())]
+                ),
                 "leaving": leaving,
                 # Clients fail a job sent over it at once (the link would drop).
                 "max_mb": self.guard.max_message_mb,
@@ -351,6 +377,7 @@ class NodeDaemon:
             env[_shm.NODE_DIR_ENV] = self.shm_dir
         else:
             env.pop(_shm.NODE_DIR_ENV, None)
+        pipes = WorkerPipes()
         link, theirs = socket.socketpair()
         for end in (link, theirs):
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _link.BUFFER_BYTES)
@@ -359,14 +386,19 @@ class NodeDaemon:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "lucidity.worker", str(theirs.fileno())],
                 stdin=subprocess.PIPE,
+                # Never the node's own: the node reads these (lucidity.output).
+                stdout=pipes.child[0],
+                stderr=pipes.child[1],
                 env=env,
                 pass_fds=(theirs.fileno(),),
             )
         except BaseException:
             link.close()
+            pipes.close()
             raise
         finally:
             theirs.close()
+        pipes.close_child()
         link.setblocking(False)
         pidfd = os.pidfd_open(proc.pid)
         w = Worker(
@@ -376,7 +408,9 @@ class NodeDaemon:
             link=link,
             reader=_link.Reader(link),
             writer=_link.Writer(link),
+            pipes=pipes,
         )
+        self.output.attach(pipes, w.running)
         self.workers[w.wid] = w
         self.loop.add_reader(pidfd, lambda: self._on_worker_exit(w))
         self.loop.add_reader(link.fileno(), lambda: self._on_link(w))
@@ -424,6 +458,8 @@ class NodeDaemon:
         w.ready, w.retiring = False, True
         while self._read_link(w):
             pass
+        if w.pipes is not None:
+            self.output.detach(w.pipes, w.running)
         self.loop.remove_reader(w.link.fileno())
         w.link.close()
         code = w.proc.wait()
@@ -530,6 +566,8 @@ class NodeDaemon:
     def _on_done(
         self, w: Worker, header: dict[str, Any], payload: list[memoryview]
     ) -> None:
+        if w.pipes is not None:  # its lines first, then its result
+            self.output.job_done(w.pipes, w.running)
         task = w.task
         w.task = None
         w.blocked = False
@@ -538,6 +576,7 @@ class NodeDaemon:
         if task is None:
             return
         ok = bool(header.get("ok"))
+        task.header["pid"] = w.proc.pid  # where it ran, for the job's handle
         self._reply(task, ok, payload)  # first: its caller is waiting
         self.tasks.pop((task.client, task.job_id), None)
         if ok:
@@ -828,7 +867,13 @@ class NodeDaemon:
                     )
                 )
         head = p.encode(
-            p.MsgType.RESULT, {"id": task.job_id, "ok": ok, "node": self.node_id}
+            p.MsgType.RESULT,
+            {
+                "id": task.job_id,
+                "ok": ok,
+                "node": self.node_id,
+                "pid": task.header.get("pid"),
+            },
         )
         self._deliver(task, [task.client, head, *payload])
 

@@ -70,6 +70,8 @@ class MsgType(enum.IntEnum):
     # node -> client: send me this bundle; client -> node: here it is
     FETCH = 15
     BUNDLE = 16
+    # node -> client: lines a job wrote to stdout/stderr (lucidity.output)
+    OUTPUT = 17
     # worker <-> node
     READY = 20
     RUN = 21

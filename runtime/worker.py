@@ -12,6 +12,7 @@ user code is doing.
 from __future__ import annotations
 
 import importlib
+import io
 import logging
 import os
 import resource
@@ -253,10 +254,21 @@ def _run_batch(
     return True, p.dumps_payload((values, fail, elapsed, node), reply), retire
 
 
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass  # closed or replaced by the job: nothing of ours to flush
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     sock = socket.socket(fileno=int(argv[0]))
     sock.setblocking(True)
+    # A pipe its node reads: a job's lines go out as it prints them.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     threading.Thread(target=_watch_stdin, daemon=True, name="node-watch").start()
     reader = _link.Reader(sock)
     lock = threading.Lock()
@@ -276,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
             if msg.type != p.MsgType.RUN:
                 continue
             ok, out, retire = _run(msg.header, frames[1:])
+            _flush_output()  # the node passes a job's lines on before its result
             with lock:
                 _link.send(sock, [_DONE[ok, retire], *out])
             if retire:

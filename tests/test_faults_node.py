@@ -39,6 +39,7 @@ from waits import wait_until
 from lucidity import bundle as bundle_mod
 from lucidity import protocol as p
 from lucidity.errors import ClusterError
+from lucidity.security import default_keys, secure_client
 
 APP = '''
 """Jobs of the node fault tests."""
@@ -130,6 +131,9 @@ class Peer:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.linger = 0
+        # An authorised member (this user's keys, as the daemons'): a
+        # stranger would be refused at the handshake, before any frame.
+        secure_client(self.sock, default_keys())
         self.sock.connect(endpoint)
 
     def close(self) -> None:
