@@ -1,32 +1,31 @@
 """Find the `@job` functions of one source file and model them as IR.
 
-Jobs are found by *qualified name* (libcst's `QualifiedNameProvider`), so
-`from lucidity import job as task`, `import lucidity as lu` + `@lu.job` and the
-like are jobs, while a `job` that does not resolve to `lucidity.job` is not.
+Jobs are found by *qualified name*, resolved from what can decorate a
+module-level function: the module's imports and assignments above it, in
+order (`_Marks`). So `from lucidity import job as task`, `import lucidity as
+lu` + `@lu.job` and the like are jobs, while a `job` that does not resolve to
+`lucidity.job` (a foreign import, or a rebinding above the def) is not. No
+scope analysis of function bodies is needed, which is most of what a full
+resolution (libcst's `QualifiedNameProvider`) costs.
 
-Everything a job's stubs cannot faithfully repeat is refused here, as a
-`SourceError` pointing at the offending token: async functions, generators,
-methods, nested functions, lambdas, `*args`, `**kwargs`, keyword-only
-parameters, non-literal defaults, and options that are not literals or that
-`lucidity._options.validate_options` rejects. Positional-only parameters are
-kept as they are (the stubs repeat the `/`): the runtime passes arguments as a
-positional tuple, which suits them.
+Every module-level `def` and `async def` can be a job, with any parameters
+and defaults (a default that is not a literal becomes a sentinel in the
+stubs). What cannot be is refused here, as a `SourceError` pointing at the
+offending token: generators, methods, nested functions, lambdas, functions a
+later statement of the module replaces, and options that are not literals or
+that `lucidity._options.validate_options` rejects.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import libcst as cst
-from libcst.metadata import (
-    CodeRange,
-    MetadataWrapper,
-    PositionProvider,
-    QualifiedNameProvider,
-)
+from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
 from lucidity._options import OPTION_NAMES, OptionError, validate_options
 from lucidity.codegen import imports
@@ -67,10 +66,11 @@ def collect(
     except (UnicodeDecodeError, SyntaxError) as exc:  # bad bytes or coding cookie
         message = f"cannot decode: {exc}; save the file as UTF-8 (or fix its coding)"
         return Collected(None, (SourceError(path, 1, 1, message),))
-    wrapper = MetadataWrapper(tree, unsafe_skip_copy=True)
-    finder = _JobFinder(path)
-    wrapper.visit(finder)
-    errors = list(finder.errors)
+    text = source.decode(tree.encoding, errors="replace")
+    finder = _JobFinder(path, _direct_call_pattern(text))
+    finder.walk(tree.body, _Marks(set(), set()), None)
+    positions = _Positions(tree)
+    errors = [positions.error(path, node, message) for node, message in finder.errors]
     if not finder.jobs:
         return Collected(None, tuple(errors))
     type_imports, uses_any, import_errors = imports.type_imports(
@@ -78,7 +78,7 @@ def collect(
         imports.ImportTable.of(tree),
         module,
         path,
-        wrapper.resolve(PositionProvider),
+        positions,
     )
     errors.extend(import_errors)
     if errors:
@@ -99,6 +99,7 @@ def collect(
                 options=job.options,
                 ref_name=refs[job.name],
                 runtime_alias=alias,
+                is_async=job.is_async,
             )
             for job in finder.jobs
         ),
@@ -106,6 +107,25 @@ def collect(
         annotations_use_any=uses_any,
     )
     return Collected(generated, ())
+
+
+class _Positions:
+    """Where nodes are, worked out on first use: only files with errors pay
+    for the pass over the whole tree that positions take."""
+
+    def __init__(self, tree: cst.Module) -> None:
+        self._tree = tree
+        self._ranges: Mapping[cst.CSTNode, CodeRange] | None = None
+
+    def __getitem__(self, node: cst.CSTNode) -> CodeRange:
+        if self._ranges is None:
+            wrapper = MetadataWrapper(self._tree, unsafe_skip_copy=True)
+            self._ranges = wrapper.resolve(PositionProvider)
+        return self._ranges[node]
+
+    def error(self, path: str, node: cst.CSTNode, message: str) -> SourceError:
+        where = self[node].start
+        return SourceError(path, where.line, where.column + 1, message)
 
 
 def _syntax_error(source: bytes, path: str, exc: cst.ParserSyntaxError) -> SourceError:
@@ -145,6 +165,7 @@ class _FoundJob:
     params: tuple[Param, ...]
     returns: str | None
     options: tuple[tuple[str, str], ...]
+    is_async: bool = False
     # Annotation expressions, to find the names they need imported.
     annotations: list[cst.BaseExpression] = field(default_factory=list)
 
@@ -153,119 +174,285 @@ class _NotLiteral(Exception):
     """An option value `lucidity-gen` cannot evaluate without running code."""
 
 
-class _JobFinder(cst.CSTVisitor):
-    METADATA_DEPENDENCIES = (QualifiedNameProvider, PositionProvider)
+class _Marks:
+    """What means `lucidity.job` at one point of a scope, statement by
+    statement from its top: names bound to `lucidity.job` itself, and names
+    bound to the `lucidity` module. Any other binding of a name unmarks it."""
 
-    def __init__(self, path: str) -> None:
-        super().__init__()
+    __slots__ = ("jobs", "modules")
+
+    def __init__(self, jobs: set[str], modules: set[str]) -> None:
+        self.jobs = jobs
+        self.modules = modules
+
+    def copy(self) -> _Marks:
+        return _Marks(set(self.jobs), set(self.modules))
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs or self.modules)
+
+    def is_job(self, expr: cst.BaseExpression) -> bool:
+        if isinstance(expr, cst.Name):
+            return expr.value in self.jobs
+        return (
+            isinstance(expr, cst.Attribute)
+            and expr.attr.value == "job"
+            and isinstance(expr.value, cst.Name)
+            and expr.value.value in self.modules
+        )
+
+    def unbind(self, name: str) -> None:
+        self.jobs.discard(name)
+        self.modules.discard(name)
+
+    def bind(self, small: cst.BaseSmallStatement) -> None:
+        """What a simple statement binds, in its scope."""
+        if isinstance(small, cst.Import):
+            for alias in small.names:
+                dotted = _dotted(alias.name)
+                if alias.asname is not None:
+                    bound = _code(alias.asname.name)
+                    self.unbind(bound)
+                    if dotted == "lucidity":
+                        self.modules.add(bound)
+                else:
+                    # `import lucidity.x` binds `lucidity`, the package.
+                    root = dotted.split(".")[0]
+                    self.unbind(root)
+                    if root == "lucidity":
+                        self.modules.add(root)
+        elif isinstance(small, cst.ImportFrom):
+            if isinstance(small.names, cst.ImportStar):
+                return  # names unknown here; `_Replaced` reports what follows
+            module = None if small.module is None else _dotted(small.module)
+            for alias in small.names:
+                name = _code(alias.name)
+                bound = name if alias.asname is None else _code(alias.asname.name)
+                self.unbind(bound)
+                if not small.relative and module == "lucidity" and name == "job":
+                    self.jobs.add(bound)
+        elif isinstance(small, cst.Assign):
+            for target in small.targets:
+                for bound in _bound_names(target.target):
+                    self.unbind(bound)
+        elif isinstance(small, (cst.AnnAssign, cst.AugAssign)):
+            for bound in _bound_names(small.target):
+                self.unbind(bound)
+        elif isinstance(small, cst.Del):
+            for bound in _bound_names(small.target):
+                self.unbind(bound)
+
+
+def _dotted(node: cst.Attribute | cst.Name) -> str:
+    if isinstance(node, cst.Name):
+        return node.value
+    value = node.value
+    head = _dotted(value) if isinstance(value, (cst.Attribute, cst.Name)) else ""
+    return f"{head}.{node.attr.value}"
+
+
+def _bound_names(target: cst.BaseExpression) -> Iterator[str]:
+    if isinstance(target, cst.Name):
+        yield target.value
+    elif isinstance(target, (cst.Tuple, cst.List)):
+        for element in target.elements:
+            yield from _bound_names(element.value)
+    elif isinstance(target, cst.StarredElement):
+        yield from _bound_names(target.value)
+
+
+# Decorators that leave a module attribute that is not called with the
+# function's parameters (or not a function at all): stacked with @job, the
+# worker would not run what the stubs describe.
+_NOT_CALLABLE_AS_IS = frozenset(
+    {
+        "property",
+        "staticmethod",
+        "classmethod",
+        "contextmanager",
+        "asynccontextmanager",
+        "overload",
+    }
+)
+
+
+class _JobFinder:
+    """Walks a module's statements (not its expressions) for `@job`."""
+
+    def __init__(self, path: str, direct_calls: re.Pattern[str] | None) -> None:
         self.path = path
         self.jobs: list[_FoundJob] = []
-        self.errors: list[SourceError] = []
-        self._scopes: list[str] = []  # "class" or "def", innermost last
-        self._decorator_calls: set[int] = set()
+        # (node to point at, message): placed once the walk is over, and
+        # only when there are any (positions cost a pass over the tree).
+        self.errors: list[tuple[cst.CSTNode, str]] = []
+        self._direct_calls = direct_calls
+        # The module-level names of jobs (name -> its def), to tell when a
+        # later statement replaces one.
+        self._defined: dict[str, cst.FunctionDef] = {}
 
     # ---- helpers
 
-    def _is_job(self, expr: cst.BaseExpression) -> bool:
-        # Every binding the name may have must be lucidity's: a module that
-        # rebinds `job` (say `def job(f): ...` after the import) is not marking.
-        names = self.get_metadata(QualifiedNameProvider, expr, set())
-        return bool(names) and all(q.name == JOB_QUALIFIED_NAME for q in names)
-
     def _error(self, node: cst.CSTNode, message: str) -> None:
-        where: CodeRange = self.get_metadata(PositionProvider, node)
-        self.errors.append(
-            SourceError(self.path, where.start.line, where.start.column + 1, message)
-        )
+        self.errors.append((node, message))
 
     def _job_decorator(
-        self, decorators: Sequence[cst.Decorator]
+        self, decorators: Sequence[cst.Decorator], marks: _Marks
     ) -> tuple[cst.Decorator, cst.Call | None] | None:
+        if not marks:
+            return None
         for decorator in decorators:
             expr = decorator.decorator
             call = expr if isinstance(expr, cst.Call) else None
-            if self._is_job(call.func if call is not None else expr):
-                if call is not None:
-                    self._decorator_calls.add(id(call))
+            if marks.is_job(call.func if call is not None else expr):
                 return decorator, call
         return None
 
-    # ---- scopes
+    # ---- statements
 
-    def visit_ClassDef(self, node: cst.ClassDef) -> None:
-        found = self._job_decorator(node.decorators)
-        if found is not None:
-            self._error(
-                found[0],
-                f"@job applied to class {node.name.value!r}; only module-level "
-                "def functions can be jobs",
-            )
-        self._scopes.append("class")
-
-    def leave_ClassDef(self, original_node: cst.ClassDef) -> None:
-        self._scopes.pop()
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-        found = self._job_decorator(node.decorators)
-        if found is not None:
-            self._job(node, found[1])
-        self._scopes.append("def")
-
-    def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
-        self._scopes.pop()
-
-    def visit_Call(self, node: cst.Call) -> None:
-        # `job(...)` called directly rather than as a decorator: `f = job(lambda
-        # x: x)`, `f = job(fanout="random")(g)`. Options alone (`job(memory=...)`)
-        # only build a decorator, which is harmless here.
-        if id(node) in self._decorator_calls:
-            return
-        func = node.func
-        applies_job = self._is_job(func) or (
-            isinstance(func, cst.Call) and self._is_job(func.func)
-        )
-        if not applies_job:
-            return
-        for arg in node.args:
-            if arg.keyword is not None or arg.star:
-                continue
-            if isinstance(arg.value, cst.Lambda):
-                self._error(
-                    arg.value,
-                    "@job applied to a lambda; jobs are run by reference "
-                    "('pkg.mod:f'): define a module-level def and decorate it "
-                    "with @job",
-                )
+    def walk(
+        self, body: Sequence[cst.CSTNode], marks: _Marks, scope: str | None
+    ) -> None:
+        """The statements of one block, in order; `scope` is None at module
+        level (including its if/try/with blocks), else "def" or "class"."""
+        for stmt in body:
+            if isinstance(stmt, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
+                self._scan(stmt, marks)
+                for small in stmt.body:
+                    if scope is None:
+                        self._replaced(small)
+                    marks.bind(small)
+            elif isinstance(stmt, cst.FunctionDef):
+                self._function(stmt, marks, scope)
+            elif isinstance(stmt, cst.ClassDef):
+                found = self._job_decorator(stmt.decorators, marks)
+                if found is not None:
+                    self._error(
+                        found[0],
+                        f"@job applied to class {stmt.name.value!r}; only "
+                        "module-level def functions can be jobs",
+                    )
+                self._rebound(stmt.name.value, stmt, scope)
+                self.walk(_statements(stmt.body), marks.copy(), "class")
+                marks.unbind(stmt.name.value)
             else:
-                self._error(
-                    node,
-                    "job(...) called directly; lucidity-gen only sees @job used as "
-                    "a decorator: put @job above a module-level def",
+                self._compound(stmt, marks, scope)
+
+    def _function(
+        self, node: cst.FunctionDef, marks: _Marks, scope: str | None
+    ) -> None:
+        name = node.name.value
+        found = self._job_decorator(node.decorators, marks)
+        if found is None:
+            self._rebound(name, node, scope)
+        else:
+            self._job(node, found, scope)
+        inner = marks.copy()
+        for param in _all_params(node.params):
+            inner.unbind(param.name.value)
+        self.walk(_statements(node.body), inner, "def")
+        marks.unbind(name)
+
+    def _compound(self, stmt: cst.CSTNode, marks: _Marks, scope: str | None) -> None:
+        """if/for/while/try/with/match: their blocks bind in this scope."""
+        if isinstance(stmt, (cst.If, cst.While)):
+            self._scan(stmt.test, marks)
+        elif isinstance(stmt, cst.For):
+            self._scan(stmt.iter, marks)
+            for bound in _bound_names(stmt.target):
+                marks.unbind(bound)
+        elif isinstance(stmt, cst.With):
+            for item in stmt.items:
+                self._scan(item.item, marks)
+                if item.asname is not None:
+                    for bound in _bound_names(item.asname.name):
+                        marks.unbind(bound)
+        for block in _blocks(stmt):
+            self.walk(block, marks, scope)
+        if isinstance(stmt, (cst.Try, cst.TryStar)):
+            for handler in stmt.handlers:
+                if handler.name is not None:
+                    for bound in _bound_names(handler.name.name):
+                        marks.unbind(bound)
+
+    def _scan(self, node: cst.CSTNode, marks: _Marks) -> None:
+        # Direct calls of `job(...)` are looked for only in files whose text
+        # has one (the pattern of the names ever bound to it): visiting every
+        # expression of every file would cost as much as parsing it.
+        if self._direct_calls is not None and marks:
+            node.visit(_DirectCalls(self, marks))
+
+    # ---- later statements replacing a job (C accelerators, mostly)
+
+    def _rebound(self, name: str, node: cst.CSTNode, scope: str | None) -> None:
+        if scope is None and name in self._defined:
+            self._replaced_by(name, node, f"a later definition of {name!r}")
+
+    def _replaced(self, small: cst.BaseSmallStatement) -> None:
+        if not self._defined:
+            return
+        if isinstance(small, cst.ImportFrom) and isinstance(
+            small.names, cst.ImportStar
+        ):
+            for name in list(self._defined):
+                self._replaced_by(
+                    name,
+                    small,
+                    f"{_code(small)!r}, which may replace it (as a C accelerator "
+                    "module does)",
                 )
+            return
+        names: list[str] = []
+        if isinstance(small, (cst.Import, cst.ImportFrom)) and not isinstance(
+            small.names, cst.ImportStar
+        ):
+            for alias in small.names:
+                if alias.asname is not None:
+                    names.extend(_bound_names(alias.asname.name))
+                elif isinstance(small, cst.Import):
+                    names.append(_dotted(alias.name).split(".")[0])
+                else:
+                    names.append(_code(alias.name))
+        elif isinstance(small, cst.Assign):
+            for target in small.targets:
+                names.extend(_bound_names(target.target))
+        elif isinstance(small, (cst.AnnAssign, cst.AugAssign)):
+            names.extend(_bound_names(small.target))
+        for name in names:
+            if name in self._defined:
+                self._replaced_by(name, small, f"{_code(small)!r}")
+
+    def _replaced_by(self, name: str, node: cst.CSTNode, what: str) -> None:
+        del self._defined[name]
+        self.jobs = [job for job in self.jobs if job.name != name]
+        self._error(
+            node,
+            f"@job function {name!r} is replaced after its def by {what}: "
+            "workers run the module attribute, which is then not this function; "
+            "mark the function that stays (or move the def after this statement)",
+        )
 
     # ---- one job
 
-    def _job(self, node: cst.FunctionDef, call: cst.Call | None) -> None:
+    def _job(
+        self,
+        node: cst.FunctionDef,
+        found: tuple[cst.Decorator, cst.Call | None],
+        scope: str | None,
+    ) -> None:
         name = node.name.value
         before = len(self.errors)
-        if self._scopes and self._scopes[-1] == "class":
+        if scope == "class":
             self._error(
                 node,
                 f"@job function {name!r} is a method; only module-level functions "
                 "can be jobs (they are run by reference): move it out of the class",
             )
-        elif self._scopes:
+        elif scope is not None:
             self._error(
                 node,
                 f"@job function {name!r} is nested inside a function; only "
                 "module-level functions can be jobs (they are run by reference): "
                 "move it to the module level",
-            )
-        if node.asynchronous is not None:
-            self._error(
-                node,
-                f"@job function {name!r} is async def; jobs must be plain def "
-                "functions (call asyncio.run inside the job if it needs a loop)",
             )
         yield_node = _first_yield(node.body)
         if yield_node is not None:
@@ -274,7 +461,21 @@ class _JobFinder(cst.CSTVisitor):
                 f"@job function {name!r} is a generator; jobs must return their "
                 "result: return a list instead of yielding",
             )
+        for decorator in node.decorators:
+            expr = decorator.decorator
+            last = expr.attr.value if isinstance(expr, cst.Attribute) else None
+            if isinstance(expr, cst.Name):
+                last = expr.value
+            if last in _NOT_CALLABLE_AS_IS:
+                self._error(
+                    decorator,
+                    f"@job function {name!r} is also decorated @{last}, which "
+                    "makes the module attribute something other than a function "
+                    "called with these parameters; put @job on a plain function "
+                    "and call that one",
+                )
         params = self._params(node)
+        call = found[1]
         options = self._options(call) if call is not None else ()
         if len(self.errors) > before:
             return
@@ -286,59 +487,41 @@ class _JobFinder(cst.CSTVisitor):
         ]
         if returns is not None:
             annotations.append(returns)
+        if scope is None:
+            if name in self._defined:
+                # Defined again (another branch of an `if`, mostly): the
+                # module attribute is the last definition.
+                self.jobs = [job for job in self.jobs if job.name != name]
+            self._defined[name] = node
         self.jobs.append(
             _FoundJob(
                 name=name,
                 params=params,
                 returns=_code(returns) if returns is not None else None,
                 options=options,
+                is_async=node.asynchronous is not None,
                 annotations=annotations,
             )
         )
 
     def _params(self, node: cst.FunctionDef) -> tuple[Param, ...]:
-        name = node.name.value
         params = node.params
-        if isinstance(params.star_arg, cst.Param):
-            self._error(
-                params.star_arg,
-                f"@job function {name!r} takes *{params.star_arg.name.value}; "
-                "jobs need explicit parameters",
-            )
-        if params.star_kwarg is not None:
-            self._error(
-                params.star_kwarg,
-                f"@job function {name!r} takes **{params.star_kwarg.name.value}; "
-                "jobs need explicit parameters",
-            )
-        if params.kwonly_params:
-            first = params.kwonly_params[0]
-            self._error(
-                first,
-                f"@job function {name!r} has keyword-only parameter "
-                f"{first.name.value!r}; jobs take positional arguments (a fanout "
-                "passes tuples): move it before the '*'",
-            )
         out: list[Param] = []
-        for kind, group in (
+        groups: list[tuple[ParamKind, Sequence[cst.Param]]] = [
             (ParamKind.POSITIONAL_ONLY, params.posonly_params),
             (ParamKind.POSITIONAL_OR_KEYWORD, params.params),
-        ):
+        ]
+        if isinstance(params.star_arg, cst.Param):
+            groups.append((ParamKind.VAR_POSITIONAL, [params.star_arg]))
+        groups.append((ParamKind.KEYWORD_ONLY, params.kwonly_params))
+        if params.star_kwarg is not None:
+            groups.append((ParamKind.VAR_KEYWORD, [params.star_kwarg]))
+        for kind, group in groups:
             for param in group:
-                default = None
+                default = literal = None
                 if param.default is not None:
-                    offender = _non_literal(param.default)
-                    if offender is None:
-                        default = _code(param.default)
-                    else:
-                        self._error(
-                            offender,
-                            f"default of parameter {param.name.value!r} of @job "
-                            f"function {name!r} is not a literal; defaults of jobs "
-                            "must be literals (numbers, strings, bytes, None, "
-                            "True, False or tuples of these) so the stubs can "
-                            "repeat them",
-                        )
+                    default = _code(param.default)
+                    literal = _non_literal(param.default) is None
                 annotation = param.annotation
                 out.append(
                     Param(
@@ -350,6 +533,7 @@ class _JobFinder(cst.CSTVisitor):
                         ),
                         default=default,
                         kind=kind,
+                        literal=literal is not False,
                     )
                 )
         return tuple(out)
@@ -400,6 +584,102 @@ class _JobFinder(cst.CSTVisitor):
         # Only the options that differ from the defaults, in OPTION_NAMES order.
         kept = validate_options(values).as_dict()
         return tuple((option, texts[option]) for option in kept)
+
+
+class _DirectCalls(cst.CSTVisitor):
+    """`job(...)` called rather than used as a decorator: `f = job(lambda
+    x: x)`, `f = job(fanout="random")(g)`. Options alone (`job(memory=...)`)
+    only build a decorator, which is harmless here."""
+
+    def __init__(self, finder: _JobFinder, marks: _Marks) -> None:
+        super().__init__()
+        self.finder = finder
+        self.marks = marks
+
+    def visit_Call(self, node: cst.Call) -> None:
+        func = node.func
+        marks = self.marks
+        applies_job = marks.is_job(func) or (
+            isinstance(func, cst.Call) and marks.is_job(func.func)
+        )
+        if not applies_job:
+            return
+        for arg in node.args:
+            if arg.keyword is not None or arg.star:
+                continue
+            if isinstance(arg.value, cst.Lambda):
+                self.finder._error(
+                    arg.value,
+                    "@job applied to a lambda; jobs are run by reference "
+                    "('pkg.mod:f'): define a module-level def and decorate it "
+                    "with @job",
+                )
+            else:
+                self.finder._error(
+                    node,
+                    "job(...) called directly; lucidity-gen only sees @job used as "
+                    "a decorator: put @job above a module-level def",
+                )
+
+
+def _statements(suite: cst.BaseSuite) -> Sequence[cst.CSTNode]:
+    # `def f(): ...` on one line has a suite of small statements.
+    return suite.body if isinstance(suite, cst.IndentedBlock) else [suite]
+
+
+def _blocks(stmt: cst.CSTNode) -> Iterator[Sequence[cst.CSTNode]]:
+    """The blocks of a compound statement other than def and class."""
+    if isinstance(stmt, cst.If):
+        yield _statements(stmt.body)
+        orelse = stmt.orelse
+        if isinstance(orelse, cst.If):
+            yield [orelse]
+        elif orelse is not None:
+            yield _statements(orelse.body)
+    elif isinstance(stmt, (cst.For, cst.While)):
+        yield _statements(stmt.body)
+        if stmt.orelse is not None:
+            yield _statements(stmt.orelse.body)
+    elif isinstance(stmt, (cst.Try, cst.TryStar)):
+        yield _statements(stmt.body)
+        for handler in stmt.handlers:
+            yield _statements(handler.body)
+        if stmt.orelse is not None:
+            yield _statements(stmt.orelse.body)
+        if stmt.finalbody is not None:
+            yield _statements(stmt.finalbody.body)
+    elif isinstance(stmt, cst.With):
+        yield _statements(stmt.body)
+    elif isinstance(stmt, cst.Match):
+        for case in stmt.cases:
+            yield _statements(case.body)
+
+
+def _direct_call_pattern(text: str) -> re.Pattern[str] | None:
+    """A pattern of `name(` for every name that may be bound to `job` or to
+    the `lucidity` module, on a line that is not a decorator; None when the
+    text has no such line (nearly every file)."""
+    jobs, modules = _marker_names(text)
+    alternatives = [re.escape(n) for n in sorted(jobs)]
+    alternatives += [rf"{re.escape(n)}\s*\.\s*job" for n in sorted(modules)]
+    if not alternatives:
+        return None
+    pattern = re.compile(
+        rf"^(?![ \t]*@).*?(?<![\w.])(?:{'|'.join(alternatives)})\s*\(", re.M
+    )
+    return pattern if pattern.search(text) else None
+
+
+_JOB_AS = re.compile(r"\bjob\s+as\s+(\w+)")
+_LUCIDITY_AS = re.compile(r"\blucidity\s+as\s+(\w+)")
+
+
+def _marker_names(text: str) -> tuple[set[str], set[str]]:
+    """Names the text may bind to `lucidity.job`, and to `lucidity` (a
+    superset: it only decides whether to look for direct calls)."""
+    jobs = {"job", *_JOB_AS.findall(text)}
+    modules = {"lucidity", *_LUCIDITY_AS.findall(text)}
+    return jobs, modules
 
 
 def _all_params(params: cst.Parameters) -> Iterator[cst.Param]:
