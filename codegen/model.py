@@ -59,7 +59,15 @@ class Param:
             return text
         if self.literal:
             return f"{text} = {self.default}"
-        return f"{text} = {runtime_alias}.default({self.default!r})"
+        return f"{text} = {runtime_alias}.default({self.shown_default!r})"
+
+    @property
+    def shown_default(self) -> str:
+        """The default's source text on one line, as the stubs show it."""
+        text = self.default or ""
+        if "\n" not in text:
+            return text
+        return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,8 @@ class JobSpec:
     def fanout_param(self) -> str:
         """The name of the fanout's items, clear of the job's own names."""
         name = "args_list"
-        while any(p.name == name for p in self.params):
+        shared = (*self.keyword_only, *self._of(ParamKind.VAR_KEYWORD))
+        while any(p.name == name for p in shared):
             name += "_"
         return name
 
@@ -240,9 +249,11 @@ class JobSpec:
             args.append("{" + entries + "}")
         positional = self.positional
         if any(p.sentinel for p in positional):
-            names = "".join(f'"{p.name}", ' for p in positional)
+            names = ", ".join(f'"{p.name}"' for p in positional)
+            if len(positional) == 1:
+                names += ","
             posonly = sum(1 for p in positional if p.kind is ParamKind.POSITIONAL_ONLY)
-            args.append(f"names=({names.rstrip(' ')})")
+            args.append(f"names=({names})")
             if posonly:
                 args.append(f"posonly={posonly}")
         return f"{self.runtime_alias}.JobRef({', '.join(args)})"
@@ -255,7 +266,7 @@ class JobSpec:
             return ""
         lines = [f"\n\n    Defaults `{self.name}` applies where it runs:"]
         for p in shown:
-            text = " ".join((p.default or "").split())
+            text = p.shown_default
             text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
             lines.append(f"\n    `{p.name}={text}`")
         return "".join(lines) + "\n    "
