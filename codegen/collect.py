@@ -67,7 +67,7 @@ def collect(
         message = f"cannot decode: {exc}; save the file as UTF-8 (or fix its coding)"
         return Collected(None, (SourceError(path, 1, 1, message),))
     text = source.decode(tree.encoding, errors="replace")
-    finder = _JobFinder(path, _direct_call_pattern(text))
+    finder = _JobFinder(path, _direct_call_pattern(text), _Yields(source, text))
     finder.walk(tree.body, _Marks(set(), set()), None)
     positions = _Positions(tree)
     errors = [positions.error(path, node, message) for node, message in finder.errors]
@@ -123,7 +123,11 @@ class _Positions:
             self._ranges = wrapper.resolve(PositionProvider)
         return self._ranges[node]
 
-    def error(self, path: str, node: cst.CSTNode, message: str) -> SourceError:
+    def error(
+        self, path: str, node: cst.CSTNode | tuple[int, int], message: str
+    ) -> SourceError:
+        if isinstance(node, tuple):
+            return SourceError(path, node[0], node[1], message)
         where = self[node].start
         return SourceError(path, where.line, where.column + 1, message)
 
@@ -279,12 +283,20 @@ _NOT_CALLABLE_AS_IS = frozenset(
 class _JobFinder:
     """Walks a module's statements (not its expressions) for `@job`."""
 
-    def __init__(self, path: str, direct_calls: re.Pattern[str] | None) -> None:
+    def __init__(
+        self,
+        path: str,
+        direct_calls: re.Pattern[str] | None,
+        yields: _Yields | None = None,
+    ) -> None:
         self.path = path
+        # Where the defs' yields are; a def it does not know is searched.
+        self._yields = yields
+        self._defs = 0
         self.jobs: list[_FoundJob] = []
         # (node to point at, message): placed once the walk is over, and
         # only when there are any (positions cost a pass over the tree).
-        self.errors: list[tuple[cst.CSTNode, str]] = []
+        self.errors: list[tuple[cst.CSTNode | tuple[int, int], str]] = []
         self._direct_calls = direct_calls
         # The module-level names of jobs (name -> its def), to tell when a
         # later statement replaces one.
@@ -292,7 +304,7 @@ class _JobFinder:
 
     # ---- helpers
 
-    def _error(self, node: cst.CSTNode, message: str) -> None:
+    def _error(self, node: cst.CSTNode | tuple[int, int], message: str) -> None:
         self.errors.append((node, message))
 
     def _job_decorator(
@@ -341,11 +353,12 @@ class _JobFinder:
         self, node: cst.FunctionDef, marks: _Marks, scope: str | None
     ) -> None:
         name = node.name.value
+        index, self._defs = self._defs, self._defs + 1
         found = self._job_decorator(node.decorators, marks)
         if found is None:
             self._rebound(name, node, scope)
         else:
-            self._job(node, found, scope)
+            self._job(node, found, scope, index)
         inner = marks.copy()
         for param in _all_params(node.params):
             inner.unbind(param.name.value)
@@ -438,6 +451,7 @@ class _JobFinder:
         node: cst.FunctionDef,
         found: tuple[cst.Decorator, cst.Call | None],
         scope: str | None,
+        index: int = -1,
     ) -> None:
         name = node.name.value
         before = len(self.errors)
@@ -454,7 +468,12 @@ class _JobFinder:
                 "module-level functions can be jobs (they are run by reference): "
                 "move it to the module level",
             )
-        yield_node = _first_yield(node.body)
+        yield_node: cst.CSTNode | tuple[int, int] | None
+        yields = self._yields
+        if yields is not None and yields.knows(index, name):
+            yield_node = yields.first(index)
+        else:
+            yield_node = _first_yield(node.body)
         if yield_node is not None:
             self._error(
                 yield_node,
@@ -716,6 +735,77 @@ class _YieldFinder(cst.CSTVisitor):
 
     def visit_Lambda(self, node: cst.Lambda) -> bool:
         return False
+
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+_BLOCKS = ("body", "orelse", "finalbody")
+
+
+class _Yields:
+    """Where each def's first own `yield` is, from CPython's parser, which
+    parses many times faster than libcst's tree can be visited; defs are
+    numbered in source order, as `_JobFinder` meets them."""
+
+    def __init__(self, source: bytes, text: str) -> None:
+        # None: the source has no `yield` at all, so no def is a generator.
+        self.defs: list[ast.FunctionDef | ast.AsyncFunctionDef] | None = None
+        self.usable = True
+        self._lines: list[str] = []
+        if b"yield" not in source:
+            return
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError):
+            self.usable = False  # libcst parsed what CPython cannot
+            return
+        self._lines = text.splitlines()
+        # Defs are statements: only statements' blocks need searching for them.
+        defs: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
+        blocks: list[list[ast.stmt]] = [tree.body]
+        while blocks:
+            for stmt in blocks.pop():
+                if isinstance(stmt, _SCOPES[:2]):
+                    defs.append(stmt)
+                for name in _BLOCKS:
+                    block = getattr(stmt, name, None)
+                    if block:
+                        blocks.append(block)
+                for handler in getattr(stmt, "handlers", ()):
+                    blocks.append(handler.body)
+                for case in getattr(stmt, "cases", ()):
+                    blocks.append(case.body)
+        defs.sort(key=lambda n: (n.lineno, n.col_offset))
+        self.defs = defs
+
+    def knows(self, index: int, name: str) -> bool:
+        defs = self.defs
+        if not self.usable:
+            return False
+        return defs is None or (0 <= index < len(defs) and defs[index].name == name)
+
+    def first(self, index: int) -> tuple[int, int] | None:
+        """(line, column) of the first own `yield` of def number `index`."""
+        if self.defs is None:
+            return None
+        first: ast.expr | None = None
+        todo: list[ast.AST] = list(self.defs[index].body)
+        while todo:
+            child = todo.pop()
+            if isinstance(child, (ast.Yield, ast.YieldFrom)):
+                if first is None or (child.lineno, child.col_offset) < (
+                    first.lineno,
+                    first.col_offset,
+                ):
+                    first = child
+            elif not isinstance(child, _SCOPES):
+                todo.extend(ast.iter_child_nodes(child))
+        if first is None:
+            return None
+        # CPython's column counts UTF-8 bytes, ours characters.
+        lines = self._lines
+        line = lines[first.lineno - 1] if first.lineno <= len(lines) else ""
+        column = len(line.encode()[: first.col_offset].decode(errors="replace"))
+        return first.lineno, column + 1
 
 
 def _first_yield(body: cst.BaseSuite) -> cst.CSTNode | None:

@@ -613,3 +613,22 @@ def test_undecodable_source(source: bytes) -> None:
     assert result.module is None
     (error,) = result.errors
     assert str(error).startswith("app/geometry.py:1:1: cannot decode: ")
+
+
+def test_a_yield_after_wide_characters_is_placed_by_characters() -> None:
+    source = 'from lucidity import job\n@job\ndef f() -> str:\n    s = "ééé"; yield s\n'
+    (error,) = errors(source)
+    assert error.startswith("app/geometry.py:4:16: @job function 'f' is a generator")
+
+
+def test_an_async_def_with_an_await_and_a_nested_generator_is_not_one() -> None:
+    source = """
+        from lucidity import job
+
+        @job
+        async def f(n: int) -> list[int]:
+            async def gen():
+                yield n
+            return [x async for x in gen()]
+    """
+    assert jobs(source) == ["f"]
