@@ -226,9 +226,11 @@ class JobSpec:
             return "tuple[()]"
         required = sum(1 for p in positional if p.default is None)
         options = [
-            "tuple[" + ", ".join(p.type for p in positional[:n]) + "]"
-            if n
-            else "tuple[()]"
+            (
+                "tuple[" + ", ".join(p.type for p in positional[:n]) + "]"
+                if n
+                else "tuple[()]"
+            )
             for n in range(required, len(positional) + 1)
         ]
         return " | ".join(options)

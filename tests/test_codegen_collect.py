@@ -435,16 +435,13 @@ def test_malformed_options(source: str, message: str) -> None:
 
 
 def test_every_error_of_a_file_is_reported() -> None:
-    assert (
-        [e.split(": ")[0] for e in errors("""
+    assert [e.split(": ")[0] for e in errors("""
             from lucidity import job
 
             @job(colour=1)
             def f(*args: int) -> int:
                 yield 1
-            """)]
-        == ["app/geometry.py:5:5", "app/geometry.py:3:6"]
-    )
+            """)] == ["app/geometry.py:5:5", "app/geometry.py:3:6"]
 
 
 def test_a_job_replaced_by_a_later_star_import() -> None:
@@ -492,7 +489,9 @@ def test_a_job_replaced_by_a_later_binding(later: str, col: int) -> None:
 
 
 def test_a_star_import_before_the_jobs_is_fine() -> None:
-    source = "from os.path import *\nfrom lucidity import job\n@job\ndef f() -> int: ...\n"
+    source = (
+        "from os.path import *\nfrom lucidity import job\n@job\ndef f() -> int: ...\n"
+    )
     assert jobs(source) == ["f"]
 
 

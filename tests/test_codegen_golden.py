@@ -147,7 +147,8 @@ def test_stubs_have_the_jobs_own_signature(
         for suffix in ("_local", "_remote", "_local_async", "_remote_async"):
             stub = inspect.signature(getattr(stubs, job_name + suffix))
             assert list(stub.parameters) == list(own.parameters)
-            for mine, theirs in zip(stub.parameters.values(), own.parameters.values()):
+            pairs = zip(stub.parameters.values(), own.parameters.values(), strict=True)
+            for mine, theirs in pairs:
                 assert mine.kind == theirs.kind
                 if theirs.annotation is inspect.Parameter.empty:
                     assert mine.annotation == "Any"  # what an unannotated one is
