@@ -966,14 +966,19 @@ class Client:
                     if per_item:
                         args = (chunk[0],) if single else tuple(chunk[0])
                         job = self.submit(
-                            target, options, args, kwargs, addr=addr, blocking=True
+                            target,
+                            options,
+                            args,
+                            kwargs=kwargs,
+                            addr=addr,
+                            blocking=True,
                         )
                     else:
                         job = self.submit(
                             target,
                             options,
                             chunk,
-                            kwargs,
+                            kwargs=kwargs,
                             addr=addr,
                             blocking=True,
                             batch="single" if single else "tuples",
