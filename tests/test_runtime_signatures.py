@@ -147,3 +147,12 @@ def test_a_positional_call_is_sent_as_before_and_keywords_under_a_flag(
     _, frames, _ = client._new_job(ref.target, ref.options, (3,), None, {"offset": 1})
     assert p.decode(frames[0]).header["kw"] == 1
     assert pickle.loads(bytes(frames[1])) == ((3,), {"offset": 1})
+
+
+def test_an_async_jobs_fuel_holds_as_a_def_jobs_does(sig: Any, bounded: Any) -> None:
+    from lucidity.errors import FuelExhaustedError
+
+    assert bounded(lambda: sig.async_spin_remote(0.01), WAIT_S) > 0
+    with pytest.raises(FuelExhaustedError):
+        bounded(lambda: sig.async_spin_remote(5.0), WAIT_S)
+    assert sig.async_square_remote(4) == 16  # the nodes carry on

@@ -88,3 +88,17 @@ def sync_parent(n: int) -> tuple[int, tuple[int, list[int]]]:
     from lucidity_rtapp.signatures_jobs import async_children_local
 
     return os.getpid(), async_children_local(n)
+
+
+@job(fuel=3)
+async def async_spin(seconds: float) -> int:
+    """Burns CPU inside its event loop past its fuel (0.3 s of CPU time)."""
+    import time
+
+    end = time.process_time() + seconds
+    spins = 0
+    while time.process_time() < end:
+        spins += 1
+        if spins % 100_000 == 0:
+            await asyncio.sleep(0)
+    return spins
