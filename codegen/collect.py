@@ -2,7 +2,7 @@
 
 Jobs are found by *qualified name*, resolved from what can decorate a
 module-level function: the module's imports and assignments above it, in
-order (`_Marks`). So `from lucidity import job as task`, `import lucidity as
+order (`lucidity.codegen.marks.Marks`). So `from lucidity import job as task`, `import lucidity as
 lu` + `@lu.job` and the like are jobs, while a `job` that does not resolve to
 `lucidity.job` (a foreign import, or a rebinding above the def) is not. No
 scope analysis of function bodies is needed, which is most of what a full
@@ -30,7 +30,18 @@ from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 from lucidity._options import OPTION_NAMES, OptionError, validate_options
 from lucidity.codegen import imports
 from lucidity.codegen.errors import SourceError
+from lucidity.codegen.literals import NotLiteral, evaluate, non_literal
+from lucidity.codegen.marks import (
+    DirectCalls,
+    Marks,
+    blocks,
+    bound_names,
+    direct_call_pattern,
+    dotted,
+    statements,
+)
 from lucidity.codegen.model import GeneratedModule, JobSpec, Param, ParamKind
+from lucidity.codegen.yields import Yields, first_yield
 
 __all__ = ["JOB_QUALIFIED_NAME", "Collected", "collect"]
 
@@ -67,8 +78,8 @@ def collect(
         message = f"cannot decode: {exc}; save the file as UTF-8 (or fix its coding)"
         return Collected(None, (SourceError(path, 1, 1, message),))
     text = source.decode(tree.encoding, errors="replace")
-    finder = _JobFinder(path, _direct_call_pattern(text), _Yields(source, text))
-    finder.walk(tree.body, _Marks(set(), set()), None)
+    finder = _JobFinder(path, direct_call_pattern(text), Yields(source, text))
+    finder.walk(tree.body, Marks(set(), set()), None)
     positions = _Positions(tree)
     errors = [positions.error(path, node, message) for node, message in finder.errors]
     if not finder.jobs:
@@ -174,97 +185,6 @@ class _FoundJob:
     annotations: list[cst.BaseExpression] = field(default_factory=list)
 
 
-class _NotLiteral(Exception):
-    """An option value `lucidity-gen` cannot evaluate without running code."""
-
-
-class _Marks:
-    """What means `lucidity.job` at one point of a scope, statement by
-    statement from its top: names bound to `lucidity.job` itself, and names
-    bound to the `lucidity` module. Any other binding of a name unmarks it."""
-
-    __slots__ = ("jobs", "modules")
-
-    def __init__(self, jobs: set[str], modules: set[str]) -> None:
-        self.jobs = jobs
-        self.modules = modules
-
-    def copy(self) -> _Marks:
-        return _Marks(set(self.jobs), set(self.modules))
-
-    def __bool__(self) -> bool:
-        return bool(self.jobs or self.modules)
-
-    def is_job(self, expr: cst.BaseExpression) -> bool:
-        if isinstance(expr, cst.Name):
-            return expr.value in self.jobs
-        return (
-            isinstance(expr, cst.Attribute)
-            and expr.attr.value == "job"
-            and isinstance(expr.value, cst.Name)
-            and expr.value.value in self.modules
-        )
-
-    def unbind(self, name: str) -> None:
-        self.jobs.discard(name)
-        self.modules.discard(name)
-
-    def bind(self, small: cst.BaseSmallStatement) -> None:
-        """What a simple statement binds, in its scope."""
-        if isinstance(small, cst.Import):
-            for alias in small.names:
-                dotted = _dotted(alias.name)
-                if alias.asname is not None:
-                    bound = _code(alias.asname.name)
-                    self.unbind(bound)
-                    if dotted == "lucidity":
-                        self.modules.add(bound)
-                else:
-                    # `import lucidity.x` binds `lucidity`, the package.
-                    root = dotted.split(".")[0]
-                    self.unbind(root)
-                    if root == "lucidity":
-                        self.modules.add(root)
-        elif isinstance(small, cst.ImportFrom):
-            if isinstance(small.names, cst.ImportStar):
-                return  # names unknown here; `_Replaced` reports what follows
-            module = None if small.module is None else _dotted(small.module)
-            for alias in small.names:
-                name = _code(alias.name)
-                bound = name if alias.asname is None else _code(alias.asname.name)
-                self.unbind(bound)
-                if not small.relative and module == "lucidity" and name == "job":
-                    self.jobs.add(bound)
-        elif isinstance(small, cst.Assign):
-            for target in small.targets:
-                for bound in _bound_names(target.target):
-                    self.unbind(bound)
-        elif isinstance(small, (cst.AnnAssign, cst.AugAssign)):
-            for bound in _bound_names(small.target):
-                self.unbind(bound)
-        elif isinstance(small, cst.Del):
-            for bound in _bound_names(small.target):
-                self.unbind(bound)
-
-
-def _dotted(node: cst.Attribute | cst.Name) -> str:
-    if isinstance(node, cst.Name):
-        return node.value
-    value = node.value
-    head = _dotted(value) if isinstance(value, (cst.Attribute, cst.Name)) else ""
-    return f"{head}.{node.attr.value}"
-
-
-def _bound_names(target: cst.BaseExpression) -> Iterator[str]:
-    if isinstance(target, cst.Name):
-        yield target.value
-    elif isinstance(target, (cst.Tuple, cst.List)):
-        for element in target.elements:
-            yield from _bound_names(element.value)
-    elif isinstance(target, cst.StarredElement):
-        yield from _bound_names(target.value)
-
-
 # Decorators that leave a module attribute that is not called with the
 # function's parameters (or not a function at all): stacked with @job, the
 # worker would not run what the stubs describe.
@@ -287,7 +207,7 @@ class _JobFinder:
         self,
         path: str,
         direct_calls: re.Pattern[str] | None,
-        yields: _Yields | None = None,
+        yields: Yields | None = None,
     ) -> None:
         self.path = path
         # Where the defs' yields are; a def it does not know is searched.
@@ -308,7 +228,7 @@ class _JobFinder:
         self.errors.append((node, message))
 
     def _job_decorator(
-        self, decorators: Sequence[cst.Decorator], marks: _Marks
+        self, decorators: Sequence[cst.Decorator], marks: Marks
     ) -> tuple[cst.Decorator, cst.Call | None] | None:
         if not marks:
             return None
@@ -322,7 +242,7 @@ class _JobFinder:
     # ---- statements
 
     def walk(
-        self, body: Sequence[cst.CSTNode], marks: _Marks, scope: str | None
+        self, body: Sequence[cst.CSTNode], marks: Marks, scope: str | None
     ) -> None:
         """The statements of one block, in order; `scope` is None at module
         level (including its if/try/with blocks), else "def" or "class"."""
@@ -344,14 +264,12 @@ class _JobFinder:
                         "module-level def functions can be jobs",
                     )
                 self._rebound(stmt.name.value, stmt, scope)
-                self.walk(_statements(stmt.body), marks.copy(), "class")
+                self.walk(statements(stmt.body), marks.copy(), "class")
                 marks.unbind(stmt.name.value)
             else:
                 self._compound(stmt, marks, scope)
 
-    def _function(
-        self, node: cst.FunctionDef, marks: _Marks, scope: str | None
-    ) -> None:
+    def _function(self, node: cst.FunctionDef, marks: Marks, scope: str | None) -> None:
         name = node.name.value
         index, self._defs = self._defs, self._defs + 1
         found = self._job_decorator(node.decorators, marks)
@@ -362,37 +280,37 @@ class _JobFinder:
         inner = marks.copy()
         for param in _all_params(node.params):
             inner.unbind(param.name.value)
-        self.walk(_statements(node.body), inner, "def")
+        self.walk(statements(node.body), inner, "def")
         marks.unbind(name)
 
-    def _compound(self, stmt: cst.CSTNode, marks: _Marks, scope: str | None) -> None:
+    def _compound(self, stmt: cst.CSTNode, marks: Marks, scope: str | None) -> None:
         """if/for/while/try/with/match: their blocks bind in this scope."""
         if isinstance(stmt, (cst.If, cst.While)):
             self._scan(stmt.test, marks)
         elif isinstance(stmt, cst.For):
             self._scan(stmt.iter, marks)
-            for bound in _bound_names(stmt.target):
+            for bound in bound_names(stmt.target):
                 marks.unbind(bound)
         elif isinstance(stmt, cst.With):
             for item in stmt.items:
                 self._scan(item.item, marks)
                 if item.asname is not None:
-                    for bound in _bound_names(item.asname.name):
+                    for bound in bound_names(item.asname.name):
                         marks.unbind(bound)
-        for block in _blocks(stmt):
+        for block in blocks(stmt):
             self.walk(block, marks, scope)
         if isinstance(stmt, (cst.Try, cst.TryStar)):
             for handler in stmt.handlers:
                 if handler.name is not None:
-                    for bound in _bound_names(handler.name.name):
+                    for bound in bound_names(handler.name.name):
                         marks.unbind(bound)
 
-    def _scan(self, node: cst.CSTNode, marks: _Marks) -> None:
+    def _scan(self, node: cst.CSTNode, marks: Marks) -> None:
         # Direct calls of `job(...)` are looked for only in files whose text
         # has one (the pattern of the names ever bound to it): visiting every
         # expression of every file would cost as much as parsing it.
         if self._direct_calls is not None and marks:
-            node.visit(_DirectCalls(self, marks))
+            node.visit(DirectCalls(self._error, marks))
 
     # ---- later statements replacing a job (C accelerators, mostly)
 
@@ -420,16 +338,16 @@ class _JobFinder:
         ):
             for alias in small.names:
                 if alias.asname is not None:
-                    names.extend(_bound_names(alias.asname.name))
+                    names.extend(bound_names(alias.asname.name))
                 elif isinstance(small, cst.Import):
-                    names.append(_dotted(alias.name).split(".")[0])
+                    names.append(dotted(alias.name).split(".")[0])
                 else:
                     names.append(_code(alias.name))
         elif isinstance(small, cst.Assign):
             for target in small.targets:
-                names.extend(_bound_names(target.target))
+                names.extend(bound_names(target.target))
         elif isinstance(small, (cst.AnnAssign, cst.AugAssign)):
-            names.extend(_bound_names(small.target))
+            names.extend(bound_names(small.target))
         for name in names:
             if name in self._defined:
                 self._replaced_by(name, small, f"{_code(small)!r}")
@@ -473,7 +391,7 @@ class _JobFinder:
         if yields is not None and yields.knows(index, name):
             yield_node = yields.first(index)
         else:
-            yield_node = _first_yield(node.body)
+            yield_node = first_yield(node.body)
         if yield_node is not None:
             self._error(
                 yield_node,
@@ -540,7 +458,7 @@ class _JobFinder:
                 default = literal = None
                 if param.default is not None:
                     default = _code(param.default)
-                    literal = _non_literal(param.default) is None
+                    literal = non_literal(param.default) is None
                 annotation = param.annotation
                 out.append(
                     Param(
@@ -580,8 +498,8 @@ class _JobFinder:
                 self._error(arg.keyword, f"@job option {option!r} is given twice")
                 continue
             try:
-                value = _evaluate(arg.value)
-            except _NotLiteral:
+                value = evaluate(arg.value)
+            except NotLiteral:
                 self._error(
                     arg.value,
                     f"@job option {option}={_code(arg.value)} is not a literal; "
@@ -605,102 +523,6 @@ class _JobFinder:
         return tuple((option, texts[option]) for option in kept)
 
 
-class _DirectCalls(cst.CSTVisitor):
-    """`job(...)` called rather than used as a decorator: `f = job(lambda
-    x: x)`, `f = job(fanout="random")(g)`. Options alone (`job(memory=...)`)
-    only build a decorator, which is harmless here."""
-
-    def __init__(self, finder: _JobFinder, marks: _Marks) -> None:
-        super().__init__()
-        self.finder = finder
-        self.marks = marks
-
-    def visit_Call(self, node: cst.Call) -> None:
-        func = node.func
-        marks = self.marks
-        applies_job = marks.is_job(func) or (
-            isinstance(func, cst.Call) and marks.is_job(func.func)
-        )
-        if not applies_job:
-            return
-        for arg in node.args:
-            if arg.keyword is not None or arg.star:
-                continue
-            if isinstance(arg.value, cst.Lambda):
-                self.finder._error(
-                    arg.value,
-                    "@job applied to a lambda; jobs are run by reference "
-                    "('pkg.mod:f'): define a module-level def and decorate it "
-                    "with @job",
-                )
-            else:
-                self.finder._error(
-                    node,
-                    "job(...) called directly; lucidity-gen only sees @job used as "
-                    "a decorator: put @job above a module-level def",
-                )
-
-
-def _statements(suite: cst.BaseSuite) -> Sequence[cst.CSTNode]:
-    # `def f(): ...` on one line has a suite of small statements.
-    return suite.body if isinstance(suite, cst.IndentedBlock) else [suite]
-
-
-def _blocks(stmt: cst.CSTNode) -> Iterator[Sequence[cst.CSTNode]]:
-    """The blocks of a compound statement other than def and class."""
-    if isinstance(stmt, cst.If):
-        yield _statements(stmt.body)
-        orelse = stmt.orelse
-        if isinstance(orelse, cst.If):
-            yield [orelse]
-        elif orelse is not None:
-            yield _statements(orelse.body)
-    elif isinstance(stmt, (cst.For, cst.While)):
-        yield _statements(stmt.body)
-        if stmt.orelse is not None:
-            yield _statements(stmt.orelse.body)
-    elif isinstance(stmt, (cst.Try, cst.TryStar)):
-        yield _statements(stmt.body)
-        for handler in stmt.handlers:
-            yield _statements(handler.body)
-        if stmt.orelse is not None:
-            yield _statements(stmt.orelse.body)
-        if stmt.finalbody is not None:
-            yield _statements(stmt.finalbody.body)
-    elif isinstance(stmt, cst.With):
-        yield _statements(stmt.body)
-    elif isinstance(stmt, cst.Match):
-        for case in stmt.cases:
-            yield _statements(case.body)
-
-
-def _direct_call_pattern(text: str) -> re.Pattern[str] | None:
-    """A pattern of `name(` for every name that may be bound to `job` or to
-    the `lucidity` module, on a line that is not a decorator; None when the
-    text has no such line (nearly every file)."""
-    jobs, modules = _marker_names(text)
-    alternatives = [re.escape(n) for n in sorted(jobs)]
-    alternatives += [rf"{re.escape(n)}\s*\.\s*job" for n in sorted(modules)]
-    if not alternatives:
-        return None
-    pattern = re.compile(
-        rf"^(?![ \t]*@).*?(?<![\w.])(?:{'|'.join(alternatives)})\s*\(", re.M
-    )
-    return pattern if pattern.search(text) else None
-
-
-_JOB_AS = re.compile(r"\bjob\s+as\s+(\w+)")
-_LUCIDITY_AS = re.compile(r"\blucidity\s+as\s+(\w+)")
-
-
-def _marker_names(text: str) -> tuple[set[str], set[str]]:
-    """Names the text may bind to `lucidity.job`, and to `lucidity` (a
-    superset: it only decides whether to look for direct calls)."""
-    jobs = {"job", *_JOB_AS.findall(text)}
-    modules = {"lucidity", *_LUCIDITY_AS.findall(text)}
-    return jobs, modules
-
-
 def _all_params(params: cst.Parameters) -> Iterator[cst.Param]:
     yield from params.posonly_params
     yield from params.params
@@ -713,172 +535,6 @@ def _all_params(params: cst.Parameters) -> Iterator[cst.Param]:
 
 def _code(node: cst.CSTNode) -> str:
     return _EMPTY.code_for_node(node)
-
-
-class _YieldFinder(cst.CSTVisitor):
-    """The first `yield` of a function body itself, not of the defs inside it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: cst.CSTNode | None = None
-
-    def visit_Yield(self, node: cst.Yield) -> bool:
-        if self.found is None:
-            self.found = node
-        return False
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-        return False
-
-    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
-        return False
-
-    def visit_Lambda(self, node: cst.Lambda) -> bool:
-        return False
-
-
-_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
-_BLOCKS = ("body", "orelse", "finalbody")
-
-
-class _Yields:
-    """Where each def's first own `yield` is, from CPython's parser, which
-    parses many times faster than libcst's tree can be visited; defs are
-    numbered in source order, as `_JobFinder` meets them."""
-
-    def __init__(self, source: bytes, text: str) -> None:
-        # None: the source has no `yield` at all, so no def is a generator.
-        self.defs: list[ast.FunctionDef | ast.AsyncFunctionDef] | None = None
-        self.usable = True
-        self._lines: list[str] = []
-        if b"yield" not in source:
-            return
-        try:
-            tree = ast.parse(source)
-        except (SyntaxError, ValueError):
-            self.usable = False  # libcst parsed what CPython cannot
-            return
-        self._lines = text.splitlines()
-        # Defs are statements: only statements' blocks need searching for them.
-        defs: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
-        blocks: list[list[ast.stmt]] = [tree.body]
-        while blocks:
-            for stmt in blocks.pop():
-                if isinstance(stmt, _SCOPES[:2]):
-                    defs.append(stmt)
-                for name in _BLOCKS:
-                    block = getattr(stmt, name, None)
-                    if block:
-                        blocks.append(block)
-                for handler in getattr(stmt, "handlers", ()):
-                    blocks.append(handler.body)
-                for case in getattr(stmt, "cases", ()):
-                    blocks.append(case.body)
-        defs.sort(key=lambda n: (n.lineno, n.col_offset))
-        self.defs = defs
-
-    def knows(self, index: int, name: str) -> bool:
-        defs = self.defs
-        if not self.usable:
-            return False
-        return defs is None or (0 <= index < len(defs) and defs[index].name == name)
-
-    def first(self, index: int) -> tuple[int, int] | None:
-        """(line, column) of the first own `yield` of def number `index`."""
-        if self.defs is None:
-            return None
-        first: ast.expr | None = None
-        todo: list[ast.AST] = list(self.defs[index].body)
-        while todo:
-            child = todo.pop()
-            if isinstance(child, (ast.Yield, ast.YieldFrom)):
-                if first is None or (child.lineno, child.col_offset) < (
-                    first.lineno,
-                    first.col_offset,
-                ):
-                    first = child
-            elif not isinstance(child, _SCOPES):
-                todo.extend(ast.iter_child_nodes(child))
-        if first is None:
-            return None
-        # CPython's column counts UTF-8 bytes, ours characters.
-        lines = self._lines
-        line = lines[first.lineno - 1] if first.lineno <= len(lines) else ""
-        column = len(line.encode()[: first.col_offset].decode(errors="replace"))
-        return first.lineno, column + 1
-
-
-def _first_yield(body: cst.BaseSuite) -> cst.CSTNode | None:
-    finder = _YieldFinder()
-    body.visit(finder)
-    return finder.found
-
-
-def _non_literal(expr: cst.BaseExpression) -> cst.CSTNode | None:
-    """The part of a default that is not a literal, or None if it all is."""
-    if isinstance(expr, (cst.Integer, cst.Float, cst.Imaginary, cst.SimpleString)):
-        return None
-    if isinstance(expr, cst.ConcatenatedString):
-        # evaluated_value is None when a part is an f-string.
-        return None if expr.evaluated_value is not None else expr
-    if isinstance(expr, cst.Name):
-        return None if expr.value in ("None", "True", "False") else expr
-    if isinstance(expr, cst.UnaryOperation):
-        number = isinstance(expr.operator, (cst.Minus, cst.Plus)) and isinstance(
-            expr.expression, (cst.Integer, cst.Float, cst.Imaginary)
-        )
-        return None if number else expr
-    if isinstance(expr, cst.Tuple):
-        for element in expr.elements:
-            if not isinstance(element, cst.Element):  # `*rest`
-                return element
-            offender = _non_literal(element.value)
-            if offender is not None:
-                return offender
-        return None
-    return expr
-
-
-def _evaluate(expr: cst.BaseExpression) -> object:
-    """The value of an option: a literal, or + - * // ** over number literals."""
-    if isinstance(expr, (cst.Integer, cst.Float)):
-        return expr.evaluated_value
-    if isinstance(expr, (cst.SimpleString, cst.ConcatenatedString)):
-        value = expr.evaluated_value
-        if value is None:
-            raise _NotLiteral
-        return value
-    if isinstance(expr, cst.Name) and expr.value in ("None", "True", "False"):
-        return {"None": None, "True": True, "False": False}[expr.value]
-    if isinstance(expr, cst.UnaryOperation):
-        operand = _number(_evaluate(expr.expression))
-        if isinstance(expr.operator, cst.Minus):
-            return -operand
-        if isinstance(expr.operator, cst.Plus):
-            return +operand
-        raise _NotLiteral
-    if isinstance(expr, cst.BinaryOperation):
-        left = _number(_evaluate(expr.left))
-        right = _number(_evaluate(expr.right))
-        op = expr.operator
-        if isinstance(op, cst.Add):
-            return left + right
-        if isinstance(op, cst.Subtract):
-            return left - right
-        if isinstance(op, cst.Multiply):
-            return left * right
-        if isinstance(op, cst.FloorDivide) and right != 0:
-            return left // right
-        # A bounded exponent: `2 ** 30` is a size, `9 ** 9 ** 9` is a hang.
-        if isinstance(op, cst.Power) and isinstance(right, int) and 0 <= right <= 256:
-            return left**right
-    raise _NotLiteral
-
-
-def _number(value: object) -> int | float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
-    raise _NotLiteral
 
 
 def _module_names(jobs: Sequence[_FoundJob]) -> tuple[str, dict[str, str]]:
