@@ -1,37 +1,47 @@
 """Find the `@job` functions of one source file and model them as IR.
 
-Jobs are found by *qualified name* (libcst's `QualifiedNameProvider`), so
-`from lucidity import job as task`, `import lucidity as lu` + `@lu.job` and the
-like are jobs, while a `job` that does not resolve to `lucidity.job` is not.
+Jobs are found by *qualified name*, resolved from what can decorate a
+module-level function: the module's imports and assignments above it, in
+order (`lucidity.codegen.marks.Marks`). So `from lucidity import job as task`, `import lucidity as
+lu` + `@lu.job` and the like are jobs, while a `job` that does not resolve to
+`lucidity.job` (a foreign import, or a rebinding above the def) is not. No
+scope analysis of function bodies is needed, which is most of what a full
+resolution (libcst's `QualifiedNameProvider`) costs.
 
-Everything a job's stubs cannot faithfully repeat is refused here, as a
-`SourceError` pointing at the offending token: async functions, generators,
-methods, nested functions, lambdas, `*args`, `**kwargs`, keyword-only
-parameters, non-literal defaults, and options that are not literals or that
-`lucidity._options.validate_options` rejects. Positional-only parameters are
-kept as they are (the stubs repeat the `/`): the runtime passes arguments as a
-positional tuple, which suits them.
+Every module-level `def` and `async def` can be a job, with any parameters
+and defaults (a default that is not a literal becomes a sentinel in the
+stubs). What cannot be is refused here, as a `SourceError` pointing at the
+offending token: generators, methods, nested functions, lambdas, functions a
+later statement of the module replaces, and options that are not literals or
+that `lucidity._options.validate_options` rejects.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import libcst as cst
-from libcst.metadata import (
-    CodeRange,
-    MetadataWrapper,
-    PositionProvider,
-    QualifiedNameProvider,
-)
+from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
 from lucidity._options import OPTION_NAMES, OptionError, validate_options
 from lucidity.codegen import imports
 from lucidity.codegen.errors import SourceError
+from lucidity.codegen.literals import NotLiteral, evaluate, non_literal
+from lucidity.codegen.marks import (
+    DirectCalls,
+    Marks,
+    blocks,
+    bound_names,
+    direct_call_pattern,
+    dotted,
+    statements,
+)
 from lucidity.codegen.model import GeneratedModule, JobSpec, Param, ParamKind
+from lucidity.codegen.yields import Yields, first_yield
 
 __all__ = ["JOB_QUALIFIED_NAME", "Collected", "collect"]
 
@@ -67,10 +77,11 @@ def collect(
     except (UnicodeDecodeError, SyntaxError) as exc:  # bad bytes or coding cookie
         message = f"cannot decode: {exc}; save the file as UTF-8 (or fix its coding)"
         return Collected(None, (SourceError(path, 1, 1, message),))
-    wrapper = MetadataWrapper(tree, unsafe_skip_copy=True)
-    finder = _JobFinder(path)
-    wrapper.visit(finder)
-    errors = list(finder.errors)
+    text = source.decode(tree.encoding, errors="replace")
+    finder = _JobFinder(path, direct_call_pattern(text), Yields(source, text))
+    finder.walk(tree.body, Marks(set(), set()), None)
+    positions = _Positions(tree)
+    errors = [positions.error(path, node, message) for node, message in finder.errors]
     if not finder.jobs:
         return Collected(None, tuple(errors))
     type_imports, uses_any, import_errors = imports.type_imports(
@@ -78,7 +89,7 @@ def collect(
         imports.ImportTable.of(tree),
         module,
         path,
-        wrapper.resolve(PositionProvider),
+        positions,
     )
     errors.extend(import_errors)
     if errors:
@@ -99,6 +110,7 @@ def collect(
                 options=job.options,
                 ref_name=refs[job.name],
                 runtime_alias=alias,
+                is_async=job.is_async,
             )
             for job in finder.jobs
         ),
@@ -106,6 +118,29 @@ def collect(
         annotations_use_any=uses_any,
     )
     return Collected(generated, ())
+
+
+class _Positions:
+    """Where nodes are, worked out on first use: only files with errors pay
+    for the pass over the whole tree that positions take."""
+
+    def __init__(self, tree: cst.Module) -> None:
+        self._tree = tree
+        self._ranges: Mapping[cst.CSTNode, CodeRange] | None = None
+
+    def __getitem__(self, node: cst.CSTNode) -> CodeRange:
+        if self._ranges is None:
+            wrapper = MetadataWrapper(self._tree, unsafe_skip_copy=True)
+            self._ranges = wrapper.resolve(PositionProvider)
+        return self._ranges[node]
+
+    def error(
+        self, path: str, node: cst.CSTNode | tuple[int, int], message: str
+    ) -> SourceError:
+        if isinstance(node, tuple):
+            return SourceError(path, node[0], node[1], message)
+        where = self[node].start
+        return SourceError(path, where.line, where.column + 1, message)
 
 
 def _syntax_error(source: bytes, path: str, exc: cst.ParserSyntaxError) -> SourceError:
@@ -145,136 +180,239 @@ class _FoundJob:
     params: tuple[Param, ...]
     returns: str | None
     options: tuple[tuple[str, str], ...]
+    is_async: bool = False
     # Annotation expressions, to find the names they need imported.
     annotations: list[cst.BaseExpression] = field(default_factory=list)
 
 
-class _NotLiteral(Exception):
-    """An option value `lucidity-gen` cannot evaluate without running code."""
+# Decorators that leave a module attribute that is not called with the
+# function's parameters (or not a function at all): stacked with @job, the
+# worker would not run what the stubs describe.
+_NOT_CALLABLE_AS_IS = frozenset(
+    {
+        "property",
+        "staticmethod",
+        "classmethod",
+        "contextmanager",
+        "asynccontextmanager",
+        "overload",
+    }
+)
 
 
-class _JobFinder(cst.CSTVisitor):
-    METADATA_DEPENDENCIES = (QualifiedNameProvider, PositionProvider)
+class _JobFinder:
+    """Walks a module's statements (not its expressions) for `@job`."""
 
-    def __init__(self, path: str) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        path: str,
+        direct_calls: re.Pattern[str] | None,
+        yields: Yields | None = None,
+    ) -> None:
         self.path = path
+        # Where the defs' yields are; a def it does not know is searched.
+        self._yields = yields
+        self._defs = 0
         self.jobs: list[_FoundJob] = []
-        self.errors: list[SourceError] = []
-        self._scopes: list[str] = []  # "class" or "def", innermost last
-        self._decorator_calls: set[int] = set()
+        # (node to point at, message): placed once the walk is over, and
+        # only when there are any (positions cost a pass over the tree).
+        self.errors: list[tuple[cst.CSTNode | tuple[int, int], str]] = []
+        self._direct_calls = direct_calls
+        # The module-level names of jobs (name -> its def), to tell when a
+        # later statement replaces one.
+        self._defined: dict[str, cst.FunctionDef] = {}
 
     # ---- helpers
 
-    def _is_job(self, expr: cst.BaseExpression) -> bool:
-        # Every binding the name may have must be lucidity's: a module that
-        # rebinds `job` (say `def job(f): ...` after the import) is not marking.
-        names = self.get_metadata(QualifiedNameProvider, expr, set())
-        return bool(names) and all(q.name == JOB_QUALIFIED_NAME for q in names)
-
-    def _error(self, node: cst.CSTNode, message: str) -> None:
-        where: CodeRange = self.get_metadata(PositionProvider, node)
-        self.errors.append(
-            SourceError(self.path, where.start.line, where.start.column + 1, message)
-        )
+    def _error(self, node: cst.CSTNode | tuple[int, int], message: str) -> None:
+        self.errors.append((node, message))
 
     def _job_decorator(
-        self, decorators: Sequence[cst.Decorator]
+        self, decorators: Sequence[cst.Decorator], marks: Marks
     ) -> tuple[cst.Decorator, cst.Call | None] | None:
+        if not marks:
+            return None
         for decorator in decorators:
             expr = decorator.decorator
             call = expr if isinstance(expr, cst.Call) else None
-            if self._is_job(call.func if call is not None else expr):
-                if call is not None:
-                    self._decorator_calls.add(id(call))
+            if marks.is_job(call.func if call is not None else expr):
                 return decorator, call
         return None
 
-    # ---- scopes
+    # ---- statements
 
-    def visit_ClassDef(self, node: cst.ClassDef) -> None:
-        found = self._job_decorator(node.decorators)
-        if found is not None:
-            self._error(
-                found[0],
-                f"@job applied to class {node.name.value!r}; only module-level "
-                "def functions can be jobs",
-            )
-        self._scopes.append("class")
-
-    def leave_ClassDef(self, original_node: cst.ClassDef) -> None:
-        self._scopes.pop()
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-        found = self._job_decorator(node.decorators)
-        if found is not None:
-            self._job(node, found[1])
-        self._scopes.append("def")
-
-    def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
-        self._scopes.pop()
-
-    def visit_Call(self, node: cst.Call) -> None:
-        # `job(...)` called directly rather than as a decorator: `f = job(lambda
-        # x: x)`, `f = job(fanout="random")(g)`. Options alone (`job(memory=...)`)
-        # only build a decorator, which is harmless here.
-        if id(node) in self._decorator_calls:
-            return
-        func = node.func
-        applies_job = self._is_job(func) or (
-            isinstance(func, cst.Call) and self._is_job(func.func)
-        )
-        if not applies_job:
-            return
-        for arg in node.args:
-            if arg.keyword is not None or arg.star:
-                continue
-            if isinstance(arg.value, cst.Lambda):
-                self._error(
-                    arg.value,
-                    "@job applied to a lambda; jobs are run by reference "
-                    "('pkg.mod:f'): define a module-level def and decorate it "
-                    "with @job",
-                )
+    def walk(
+        self, body: Sequence[cst.CSTNode], marks: Marks, scope: str | None
+    ) -> None:
+        """The statements of one block, in order; `scope` is None at module
+        level (including its if/try/with blocks), else "def" or "class"."""
+        for stmt in body:
+            if isinstance(stmt, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
+                self._scan(stmt, marks)
+                for small in stmt.body:
+                    if scope is None:
+                        self._replaced(small)
+                    marks.bind(small)
+            elif isinstance(stmt, cst.FunctionDef):
+                self._function(stmt, marks, scope)
+            elif isinstance(stmt, cst.ClassDef):
+                found = self._job_decorator(stmt.decorators, marks)
+                if found is not None:
+                    self._error(
+                        found[0],
+                        f"@job applied to class {stmt.name.value!r}; only "
+                        "module-level def functions can be jobs",
+                    )
+                self._rebound(stmt.name.value, stmt, scope)
+                self.walk(statements(stmt.body), marks.copy(), "class")
+                marks.unbind(stmt.name.value)
             else:
-                self._error(
-                    node,
-                    "job(...) called directly; lucidity-gen only sees @job used as "
-                    "a decorator: put @job above a module-level def",
+                self._compound(stmt, marks, scope)
+
+    def _function(self, node: cst.FunctionDef, marks: Marks, scope: str | None) -> None:
+        name = node.name.value
+        index, self._defs = self._defs, self._defs + 1
+        found = self._job_decorator(node.decorators, marks)
+        if found is None:
+            self._rebound(name, node, scope)
+        else:
+            self._job(node, found, scope, index)
+        inner = marks.copy()
+        for param in _all_params(node.params):
+            inner.unbind(param.name.value)
+        self.walk(statements(node.body), inner, "def")
+        marks.unbind(name)
+
+    def _compound(self, stmt: cst.CSTNode, marks: Marks, scope: str | None) -> None:
+        """if/for/while/try/with/match: their blocks bind in this scope."""
+        if isinstance(stmt, (cst.If, cst.While)):
+            self._scan(stmt.test, marks)
+        elif isinstance(stmt, cst.For):
+            self._scan(stmt.iter, marks)
+            for bound in bound_names(stmt.target):
+                marks.unbind(bound)
+        elif isinstance(stmt, cst.With):
+            for item in stmt.items:
+                self._scan(item.item, marks)
+                if item.asname is not None:
+                    for bound in bound_names(item.asname.name):
+                        marks.unbind(bound)
+        for block in blocks(stmt):
+            self.walk(block, marks, scope)
+        if isinstance(stmt, (cst.Try, cst.TryStar)):
+            for handler in stmt.handlers:
+                if handler.name is not None:
+                    for bound in bound_names(handler.name.name):
+                        marks.unbind(bound)
+
+    def _scan(self, node: cst.CSTNode, marks: Marks) -> None:
+        # Direct calls of `job(...)` are looked for only in files whose text
+        # has one (the pattern of the names ever bound to it): visiting every
+        # expression of every file would cost as much as parsing it.
+        if self._direct_calls is not None and marks:
+            node.visit(DirectCalls(self._error, marks))
+
+    # ---- later statements replacing a job (C accelerators, mostly)
+
+    def _rebound(self, name: str, node: cst.CSTNode, scope: str | None) -> None:
+        if scope is None and name in self._defined:
+            self._replaced_by(name, node, f"a later definition of {name!r}")
+
+    def _replaced(self, small: cst.BaseSmallStatement) -> None:
+        if not self._defined:
+            return
+        if isinstance(small, cst.ImportFrom) and isinstance(
+            small.names, cst.ImportStar
+        ):
+            for name in list(self._defined):
+                self._replaced_by(
+                    name,
+                    small,
+                    f"{_code(small)!r}, which may replace it (as a C accelerator "
+                    "module does)",
                 )
+            return
+        names: list[str] = []
+        if isinstance(small, (cst.Import, cst.ImportFrom)) and not isinstance(
+            small.names, cst.ImportStar
+        ):
+            for alias in small.names:
+                if alias.asname is not None:
+                    names.extend(bound_names(alias.asname.name))
+                elif isinstance(small, cst.Import):
+                    names.append(dotted(alias.name).split(".")[0])
+                else:
+                    names.append(_code(alias.name))
+        elif isinstance(small, cst.Assign):
+            for target in small.targets:
+                names.extend(bound_names(target.target))
+        elif isinstance(small, (cst.AnnAssign, cst.AugAssign)):
+            names.extend(bound_names(small.target))
+        for name in names:
+            if name in self._defined:
+                self._replaced_by(name, small, f"{_code(small)!r}")
+
+    def _replaced_by(self, name: str, node: cst.CSTNode, what: str) -> None:
+        del self._defined[name]
+        self.jobs = [job for job in self.jobs if job.name != name]
+        self._error(
+            node,
+            f"@job function {name!r} is replaced after its def by {what}: "
+            "workers run the module attribute, which is then not this function; "
+            "mark the function that stays (or move the def after this statement)",
+        )
 
     # ---- one job
 
-    def _job(self, node: cst.FunctionDef, call: cst.Call | None) -> None:
+    def _job(
+        self,
+        node: cst.FunctionDef,
+        found: tuple[cst.Decorator, cst.Call | None],
+        scope: str | None,
+        index: int = -1,
+    ) -> None:
         name = node.name.value
         before = len(self.errors)
-        if self._scopes and self._scopes[-1] == "class":
+        if scope == "class":
             self._error(
                 node,
                 f"@job function {name!r} is a method; only module-level functions "
                 "can be jobs (they are run by reference): move it out of the class",
             )
-        elif self._scopes:
+        elif scope is not None:
             self._error(
                 node,
                 f"@job function {name!r} is nested inside a function; only "
                 "module-level functions can be jobs (they are run by reference): "
                 "move it to the module level",
             )
-        if node.asynchronous is not None:
-            self._error(
-                node,
-                f"@job function {name!r} is async def; jobs must be plain def "
-                "functions (call asyncio.run inside the job if it needs a loop)",
-            )
-        yield_node = _first_yield(node.body)
+        yield_node: cst.CSTNode | tuple[int, int] | None
+        yields = self._yields
+        if yields is not None and yields.knows(index, name):
+            yield_node = yields.first(index)
+        else:
+            yield_node = first_yield(node.body)
         if yield_node is not None:
             self._error(
                 yield_node,
                 f"@job function {name!r} is a generator; jobs must return their "
                 "result: return a list instead of yielding",
             )
+        for decorator in node.decorators:
+            expr = decorator.decorator
+            last = expr.attr.value if isinstance(expr, cst.Attribute) else None
+            if isinstance(expr, cst.Name):
+                last = expr.value
+            if last in _NOT_CALLABLE_AS_IS:
+                self._error(
+                    decorator,
+                    f"@job function {name!r} is also decorated @{last}, which "
+                    "makes the module attribute something other than a function "
+                    "called with these parameters; put @job on a plain function "
+                    "and call that one",
+                )
         params = self._params(node)
+        call = found[1]
         options = self._options(call) if call is not None else ()
         if len(self.errors) > before:
             return
@@ -286,59 +424,41 @@ class _JobFinder(cst.CSTVisitor):
         ]
         if returns is not None:
             annotations.append(returns)
+        if scope is None:
+            if name in self._defined:
+                # Defined again (another branch of an `if`, mostly): the
+                # module attribute is the last definition.
+                self.jobs = [job for job in self.jobs if job.name != name]
+            self._defined[name] = node
         self.jobs.append(
             _FoundJob(
                 name=name,
                 params=params,
                 returns=_code(returns) if returns is not None else None,
                 options=options,
+                is_async=node.asynchronous is not None,
                 annotations=annotations,
             )
         )
 
     def _params(self, node: cst.FunctionDef) -> tuple[Param, ...]:
-        name = node.name.value
         params = node.params
-        if isinstance(params.star_arg, cst.Param):
-            self._error(
-                params.star_arg,
-                f"@job function {name!r} takes *{params.star_arg.name.value}; "
-                "jobs need explicit parameters",
-            )
-        if params.star_kwarg is not None:
-            self._error(
-                params.star_kwarg,
-                f"@job function {name!r} takes **{params.star_kwarg.name.value}; "
-                "jobs need explicit parameters",
-            )
-        if params.kwonly_params:
-            first = params.kwonly_params[0]
-            self._error(
-                first,
-                f"@job function {name!r} has keyword-only parameter "
-                f"{first.name.value!r}; jobs take positional arguments (a fanout "
-                "passes tuples): move it before the '*'",
-            )
         out: list[Param] = []
-        for kind, group in (
+        groups: list[tuple[ParamKind, Sequence[cst.Param]]] = [
             (ParamKind.POSITIONAL_ONLY, params.posonly_params),
             (ParamKind.POSITIONAL_OR_KEYWORD, params.params),
-        ):
+        ]
+        if isinstance(params.star_arg, cst.Param):
+            groups.append((ParamKind.VAR_POSITIONAL, [params.star_arg]))
+        groups.append((ParamKind.KEYWORD_ONLY, params.kwonly_params))
+        if params.star_kwarg is not None:
+            groups.append((ParamKind.VAR_KEYWORD, [params.star_kwarg]))
+        for kind, group in groups:
             for param in group:
-                default = None
+                default = literal = None
                 if param.default is not None:
-                    offender = _non_literal(param.default)
-                    if offender is None:
-                        default = _code(param.default)
-                    else:
-                        self._error(
-                            offender,
-                            f"default of parameter {param.name.value!r} of @job "
-                            f"function {name!r} is not a literal; defaults of jobs "
-                            "must be literals (numbers, strings, bytes, None, "
-                            "True, False or tuples of these) so the stubs can "
-                            "repeat them",
-                        )
+                    default = _code(param.default)
+                    literal = non_literal(param.default) is None
                 annotation = param.annotation
                 out.append(
                     Param(
@@ -350,6 +470,7 @@ class _JobFinder(cst.CSTVisitor):
                         ),
                         default=default,
                         kind=kind,
+                        literal=literal is not False,
                     )
                 )
         return tuple(out)
@@ -377,8 +498,8 @@ class _JobFinder(cst.CSTVisitor):
                 self._error(arg.keyword, f"@job option {option!r} is given twice")
                 continue
             try:
-                value = _evaluate(arg.value)
-            except _NotLiteral:
+                value = evaluate(arg.value)
+            except NotLiteral:
                 self._error(
                     arg.value,
                     f"@job option {option}={_code(arg.value)} is not a literal; "
@@ -414,101 +535,6 @@ def _all_params(params: cst.Parameters) -> Iterator[cst.Param]:
 
 def _code(node: cst.CSTNode) -> str:
     return _EMPTY.code_for_node(node)
-
-
-class _YieldFinder(cst.CSTVisitor):
-    """The first `yield` of a function body itself, not of the defs inside it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: cst.CSTNode | None = None
-
-    def visit_Yield(self, node: cst.Yield) -> bool:
-        if self.found is None:
-            self.found = node
-        return False
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-        return False
-
-    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
-        return False
-
-    def visit_Lambda(self, node: cst.Lambda) -> bool:
-        return False
-
-
-def _first_yield(body: cst.BaseSuite) -> cst.CSTNode | None:
-    finder = _YieldFinder()
-    body.visit(finder)
-    return finder.found
-
-
-def _non_literal(expr: cst.BaseExpression) -> cst.CSTNode | None:
-    """The part of a default that is not a literal, or None if it all is."""
-    if isinstance(expr, (cst.Integer, cst.Float, cst.Imaginary, cst.SimpleString)):
-        return None
-    if isinstance(expr, cst.ConcatenatedString):
-        # evaluated_value is None when a part is an f-string.
-        return None if expr.evaluated_value is not None else expr
-    if isinstance(expr, cst.Name):
-        return None if expr.value in ("None", "True", "False") else expr
-    if isinstance(expr, cst.UnaryOperation):
-        number = isinstance(expr.operator, (cst.Minus, cst.Plus)) and isinstance(
-            expr.expression, (cst.Integer, cst.Float, cst.Imaginary)
-        )
-        return None if number else expr
-    if isinstance(expr, cst.Tuple):
-        for element in expr.elements:
-            if not isinstance(element, cst.Element):  # `*rest`
-                return element
-            offender = _non_literal(element.value)
-            if offender is not None:
-                return offender
-        return None
-    return expr
-
-
-def _evaluate(expr: cst.BaseExpression) -> object:
-    """The value of an option: a literal, or + - * // ** over number literals."""
-    if isinstance(expr, (cst.Integer, cst.Float)):
-        return expr.evaluated_value
-    if isinstance(expr, (cst.SimpleString, cst.ConcatenatedString)):
-        value = expr.evaluated_value
-        if value is None:
-            raise _NotLiteral
-        return value
-    if isinstance(expr, cst.Name) and expr.value in ("None", "True", "False"):
-        return {"None": None, "True": True, "False": False}[expr.value]
-    if isinstance(expr, cst.UnaryOperation):
-        operand = _number(_evaluate(expr.expression))
-        if isinstance(expr.operator, cst.Minus):
-            return -operand
-        if isinstance(expr.operator, cst.Plus):
-            return +operand
-        raise _NotLiteral
-    if isinstance(expr, cst.BinaryOperation):
-        left = _number(_evaluate(expr.left))
-        right = _number(_evaluate(expr.right))
-        op = expr.operator
-        if isinstance(op, cst.Add):
-            return left + right
-        if isinstance(op, cst.Subtract):
-            return left - right
-        if isinstance(op, cst.Multiply):
-            return left * right
-        if isinstance(op, cst.FloorDivide) and right != 0:
-            return left // right
-        # A bounded exponent: `2 ** 30` is a size, `9 ** 9 ** 9` is a hang.
-        if isinstance(op, cst.Power) and isinstance(right, int) and 0 <= right <= 256:
-            return left**right
-    raise _NotLiteral
-
-
-def _number(value: object) -> int | float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
-    raise _NotLiteral
 
 
 def _module_names(jobs: Sequence[_FoundJob]) -> tuple[str, dict[str, str]]:

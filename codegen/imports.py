@@ -11,8 +11,9 @@ name the source module defines itself.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import libcst as cst
 from libcst.metadata import CodeRange
@@ -44,6 +45,12 @@ OWN_NAMES: dict[str, frozenset[str]] = {
     ),
     "Job": frozenset({"from lucidity import Job"}),
 }
+
+
+class _Positions(Protocol):
+    """Where a node is (looked up only for an error)."""
+
+    def __getitem__(self, node: cst.CSTNode, /) -> CodeRange: ...
 
 
 @dataclass(frozen=True)
@@ -236,7 +243,7 @@ def type_imports(
     table: ImportTable,
     module: str,
     path: str,
-    positions: Mapping[cst.CSTNode, CodeRange],
+    positions: _Positions,
 ) -> tuple[tuple[str, ...], bool, list[SourceError]]:
     """The TYPE_CHECKING imports of the stubs, whether they use `Any`, and errors.
 

@@ -18,10 +18,16 @@ ANY = "Any"
 
 
 class ParamKind(enum.Enum):
-    """The parameter kinds a job may have (others are refused by `collect`)."""
+    """The kinds of parameter, in the order a signature has them."""
 
     POSITIONAL_ONLY = "positional-only"
     POSITIONAL_OR_KEYWORD = "positional-or-keyword"
+    VAR_POSITIONAL = "*args"
+    KEYWORD_ONLY = "keyword-only"
+    VAR_KEYWORD = "**kwargs"
+
+
+_POSITIONAL = (ParamKind.POSITIONAL_ONLY, ParamKind.POSITIONAL_OR_KEYWORD)
 
 
 @dataclass(frozen=True)
@@ -30,18 +36,38 @@ class Param:
 
     name: str
     annotation: str | None  # source text; None when the source has none
-    default: str | None  # source text of a literal; None when there is none
+    default: str | None  # source text of the default; None when there is none
     kind: ParamKind = ParamKind.POSITIONAL_OR_KEYWORD
+    # False: the default is not a literal; the stubs cannot repeat it (it may
+    # name anything of the source module), so they hold a sentinel instead.
+    literal: bool = True
 
     @property
     def type(self) -> str:
         return self.annotation if self.annotation is not None else ANY
 
     @property
-    def declaration(self) -> str:
+    def sentinel(self) -> bool:
+        """The stubs' default stands for the job's own, applied where it runs."""
+        return self.default is not None and not self.literal
+
+    def declaration(self, runtime_alias: str) -> str:
         """`a: int = 2`, as it appears in every stub's signature."""
-        text = f"{self.name}: {self.type}"
-        return text if self.default is None else f"{text} = {self.default}"
+        prefix = {ParamKind.VAR_POSITIONAL: "*", ParamKind.VAR_KEYWORD: "**"}
+        text = f"{prefix.get(self.kind, '')}{self.name}: {self.type}"
+        if self.default is None:
+            return text
+        if self.literal:
+            return f"{text} = {self.default}"
+        return f"{text} = {runtime_alias}.default({self.shown_default!r})"
+
+    @property
+    def shown_default(self) -> str:
+        """The default's source text on one line, as the stubs show it."""
+        text = self.default or ""
+        if "\n" not in text:
+            return text
+        return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 @dataclass(frozen=True)
@@ -66,6 +92,7 @@ class JobSpec:
     options: tuple[tuple[str, str], ...]
     ref_name: str  # module-level name of its `JobRef`, e.g. "_square"
     runtime_alias: str  # the name `lucidity._stubs` is imported as
+    is_async: bool = False  # `async def`: the worker runs it in an event loop
 
     @property
     def target(self) -> str:
@@ -76,12 +103,43 @@ class JobSpec:
     def returns(self) -> str:
         return self.returns_annotation if self.returns_annotation is not None else ANY
 
+    def _of(self, *kinds: ParamKind) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if p.kind in kinds)
+
+    @property
+    def positional(self) -> tuple[Param, ...]:
+        """The named parameters a call may fill by position."""
+        return self._of(*_POSITIONAL)
+
+    @property
+    def var_positional(self) -> Param | None:
+        found = self._of(ParamKind.VAR_POSITIONAL)
+        return found[0] if found else None
+
+    @property
+    def keyword_only(self) -> tuple[Param, ...]:
+        return self._of(ParamKind.KEYWORD_ONLY)
+
+    @property
+    def var_keyword(self) -> Param | None:
+        found = self._of(ParamKind.VAR_KEYWORD)
+        return found[0] if found else None
+
+    @property
+    def plain(self) -> bool:
+        """Named positional parameters with literal defaults only: the call
+        is a positional tuple, as the wire carries it fastest."""
+        return all(p.kind in _POSITIONAL and not p.sentinel for p in self.params)
+
     @property
     def signature(self) -> str:
-        """The job's own parameter list, `/` included where the source had it."""
+        """The job's own parameter list, `/` and `*` included as in the source."""
         parts: list[str] = []
         for i, param in enumerate(self.params):
-            parts.append(param.declaration)
+            if param.kind is ParamKind.KEYWORD_ONLY and self.var_positional is None:
+                if i == 0 or self.params[i - 1].kind is not ParamKind.KEYWORD_ONLY:
+                    parts.append("*")
+            parts.append(param.declaration(self.runtime_alias))
             is_last_posonly = param.kind is ParamKind.POSITIONAL_ONLY and (
                 i + 1 == len(self.params)
                 or self.params[i + 1].kind is not ParamKind.POSITIONAL_ONLY
@@ -93,25 +151,96 @@ class JobSpec:
     @property
     def args_tuple(self) -> str:
         """The positional-arguments tuple the runtime receives: `(a, b)`."""
-        names = [p.name for p in self.params]
+        names = [p.name for p in self.positional]
+        star = self.var_positional
+        if star is not None:
+            if not names:
+                return star.name
+            names.append(f"*{star.name}")
         if len(names) == 1:
             return f"({names[0]},)"
         return "(" + ", ".join(names) + ")"
 
+    @staticmethod
+    def _kwargs_dict(keyword_only: tuple[Param, ...], var: Param | None) -> str:
+        """The keyword arguments as a dict display, or "" when there are none."""
+        entries = [f'"{p.name}": {p.name}' for p in keyword_only]
+        if var is not None:
+            if not entries:
+                return var.name
+            entries.append(f"**{var.name}")
+        return "{" + ", ".join(entries) + "}" if entries else ""
+
+    @property
+    def call_args(self) -> str:
+        """What a single-call stub passes after its `JobRef`."""
+        if self.plain:
+            return self.args_tuple
+        kwargs = self._kwargs_dict(self.keyword_only, self.var_keyword)
+        if any(p.sentinel for p in self.params):
+            # Arguments left at a sentinel are dropped by the ref, which
+            # knows the names of the positional ones.
+            return f"*{self.ref_name}.omit({self.args_tuple}, {kwargs or 'None'})"
+        return f"{self.args_tuple}, {kwargs}" if kwargs else self.args_tuple
+
+    @property
+    def fanout_param(self) -> str:
+        """The name of the fanout's items, clear of the job's own names."""
+        name = "args_list"
+        shared = (*self.keyword_only, *self._of(ParamKind.VAR_KEYWORD))
+        while any(p.name == name for p in shared):
+            name += "_"
+        return name
+
+    @property
+    def fanout_signature(self) -> str:
+        """`args_list: Iterable[...]`, then the job's keyword-only parameters
+        and `**kwargs`, which apply to every item."""
+        parts = [f"{self.fanout_param}: Iterable[{self.fanout_item_type}]"]
+        if self.keyword_only or self.var_keyword is not None:
+            # The items by position only: a shared keyword may have any name.
+            parts.append("/")
+            if self.keyword_only:
+                parts.append("*")
+            parts.extend(p.declaration(self.runtime_alias) for p in self.keyword_only)
+            if self.var_keyword is not None:
+                parts.append(self.var_keyword.declaration(self.runtime_alias))
+        return ", ".join(parts)
+
+    @property
+    def fanout_args(self) -> str:
+        """What the fanout stub passes after its `JobRef`."""
+        kwargs = self._kwargs_dict(self.keyword_only, self.var_keyword)
+        return f"{self.fanout_param}, {kwargs}" if kwargs else self.fanout_param
+
     @property
     def fanout_item_type(self) -> str:
-        """One fanout element: the bare value for one parameter, else a tuple."""
-        if len(self.params) == 1:
-            return self.params[0].type
-        if not self.params:
+        """One fanout element: the bare value for one parameter, else a tuple
+        of any length the job accepts."""
+        positional = self.positional
+        if self.var_positional is not None:
+            return "tuple[Any, ...]"
+        if len(positional) == 1:
+            return positional[0].type
+        if not positional:
             return "tuple[()]"
-        return "tuple[" + ", ".join(p.type for p in self.params) + "]"
+        required = sum(1 for p in positional if p.default is None)
+        options = [
+            (
+                "tuple[" + ", ".join(p.type for p in positional[:n]) + "]"
+                if n
+                else "tuple[()]"
+            )
+            for n in range(required, len(positional) + 1)
+        ]
+        return " | ".join(options)
 
     @property
     def fanout_function(self) -> str:
         """The runtime's fanout for this job: a one-parameter job's elements
         are its lone argument (`fanout_each`), others' are argument tuples."""
-        return "fanout_each" if len(self.params) == 1 else "fanout"
+        single = len(self.positional) == 1 and self.var_positional is None
+        return "fanout_each" if single else "fanout"
 
     @property
     def ref_expression(self) -> str:
@@ -120,12 +249,36 @@ class JobSpec:
         if self.options:
             entries = ", ".join(f'"{name}": {value}' for name, value in self.options)
             args.append("{" + entries + "}")
+        positional = self.positional
+        if any(p.sentinel for p in positional):
+            names = ", ".join(f'"{p.name}"' for p in positional)
+            if len(positional) == 1:
+                names += ","
+            posonly = sum(1 for p in positional if p.kind is ParamKind.POSITIONAL_ONLY)
+            args.append(f"names=({names})")
+            if posonly:
+                args.append(f"posonly={posonly}")
         return f"{self.runtime_alias}.JobRef({', '.join(args)})"
 
     @property
+    def defaults_note(self) -> str:
+        """The docstring lines naming the defaults the stubs cannot repeat."""
+        shown = [p for p in self.params if p.sentinel]
+        if not shown:
+            return ""
+        lines = [f"\n\n    Defaults `{self.name}` applies where it runs:"]
+        for p in shown:
+            text = p.shown_default
+            text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+            lines.append(f"\n    `{p.name}={text}`")
+        return "".join(lines) + "\n    "
+
+    @property
     def needs_any(self) -> bool:
-        return self.returns_annotation is None or any(
-            p.annotation is None for p in self.params
+        return (
+            self.returns_annotation is None
+            or self.var_positional is not None
+            or any(p.annotation is None for p in self.params)
         )
 
     @property

@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Mapping, Sized
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
@@ -559,21 +559,31 @@ class Client:
                 ) from None
 
     def _new_job(
-        self, target: str, options: JobOptions, args: Any, batch: str | None = None
+        self,
+        target: str,
+        options: JobOptions,
+        args: Any,
+        batch: str | None = None,
+        kwargs: Mapping[str, Any] | None = None,
     ) -> tuple[int, list[Any], list[str] | None]:
         """The job's id, its SUBMIT frames, and the shared-memory files of its
-        arguments (then only a node on this host can run it)."""
+        arguments (then only a node on this host can run it).
+
+        Keyword arguments travel with the positional ones, `(args, kwargs)`,
+        under a "kw" header; without any the payload is `args` alone, as
+        positional calls (the hot path) always had it."""
         job_id = next(self._ids)
-        payload, shared, files = self._dumps_args(args)
+        kw = bool(kwargs)
+        payload, shared, files = self._dumps_args((args, kwargs) if kw else args)
         depth = child_depth()
         # By the options' identity (hashing a dataclass costs a tuple of its
         # fields each time); the entry holds them, so the id stays theirs.
-        key = (target, id(options), batch, depth, shared)
+        key = (target, id(options), batch, depth, shared, kw)
         entry = self._heads.get(key)
         if entry is None:
             if len(self._heads) >= 1024:
                 self._heads.clear()  # a bound, for apps of many job kinds
-            head = self._submit_head(target, options, batch, depth, shared)
+            head = self._submit_head(target, options, batch, depth, shared, kw)
             entry = self._heads[key] = (options, head)
         return job_id, [p.with_id(entry[1], job_id), *payload], files
 
@@ -584,6 +594,7 @@ class Client:
         batch: str | None,
         depth: int | None,
         shared: bool,
+        kw: bool = False,
     ) -> bytes:
         """The SUBMIT header of a kind of job, but for its id."""
         header: dict[str, Any] = {"target": target}
@@ -608,6 +619,8 @@ class Client:
         header["max_mb"] = self._max_mb
         if not forwarding():
             header["quiet"] = 1  # its output stays in its node's log
+        if kw:
+            header["kw"] = 1  # the payload is (args, kwargs)
         return p.encode(p.MsgType.SUBMIT, header)
 
     # ---- same-host shared memory (lucidity._shm) ---------------------------
@@ -666,19 +679,22 @@ class Client:
         target: str,
         options: JobOptions,
         args: Any,
+        kwargs: Mapping[str, Any] | None = None,
         local: bool = False,
         addr: str | None = None,
         blocking: bool = False,
         batch: str | None = None,
     ) -> Job[Any]:
-        """Start `target(*args)`; on this process's node when `local`.
+        """Start `target(*args, **kwargs)`; on this process's node when `local`.
 
         `blocking` says the caller waits at once (`_local`/`_remote`/fanout),
         which picks the sync rather than the async retry intervals. With
         `batch` ("tuples" or "single") `args` is a fanout chunk: a list of
-        argument tuples, or of lone arguments.
+        argument tuples, or of lone arguments, and `kwargs` apply to each.
         """
-        pending = self._pending(target, options, args, local, addr, blocking, batch)
+        pending = self._pending(
+            target, options, args, local, addr, blocking, batch, kwargs
+        )
         self._post(("submit", pending))
         return pending.job
 
@@ -691,9 +707,10 @@ class Client:
         addr: str | None,
         blocking: bool,
         batch: str | None = None,
+        kwargs: Mapping[str, Any] | None = None,
     ) -> _Pending:
         """A new job's record, its frames built (`submit` and `run`)."""
-        job_id, frames, files = self._new_job(target, options, args, batch)
+        job_id, frames, files = self._new_job(target, options, args, batch, kwargs)
         if local:
             addr = self.local_node()
         return _Pending(
@@ -707,10 +724,12 @@ class Client:
         target: str,
         options: JobOptions,
         args: Any,
+        kwargs: Mapping[str, Any] | None = None,
         local: bool = False,
         addr: str | None = None,
     ) -> Any:
-        """Run `target(*args)` and wait for its result (`_local`, `_remote`).
+        """Run `target(*args, **kwargs)` and wait for its result (`_local`,
+        `_remote`).
 
         What `submit(..., blocking=True).result()` does, by a shorter way
         when it can: the calling thread sends the job and waits for its
@@ -718,7 +737,9 @@ class Client:
         to the I/O thread and being woken by it. Anything but a plain ending
         is handed to the I/O thread, which carries on as with a submission.
         """
-        pending = self._pending(target, options, args, local, addr, blocking=True)
+        pending = self._pending(
+            target, options, args, local, addr, blocking=True, kwargs=kwargs
+        )
         handover = self._run_inline(pending)
         if handover is not None:
             if handover[0] == "done":
@@ -973,11 +994,12 @@ class Client:
         options: JobOptions,
         items: Iterable[Any],
         single: bool = False,
+        kwargs: Mapping[str, Any] | None = None,
     ) -> list[Any]:
         """Run `target` once per item over the live nodes; results in input order.
 
         Items are the argument tuples, or with `single` each item is the lone
-        argument. Items travel in chunks (one message, run one after another
+        argument; `kwargs` are keyword arguments of every item. Items travel in chunks (one message, run one after another
         by one worker, with a result or an error per item) sized by
         `_ChunkSizer` so that a chunk takes about CHUNK_TARGET_S; a job with a
         `timeout` or `retries` goes one item per job, since both are per item.
@@ -1051,13 +1073,19 @@ class Client:
                     if per_item:
                         args = (chunk[0],) if single else tuple(chunk[0])
                         job = self.submit(
-                            target, options, args, addr=addr, blocking=True
+                            target,
+                            options,
+                            args,
+                            kwargs=kwargs,
+                            addr=addr,
+                            blocking=True,
                         )
                     else:
                         job = self.submit(
                             target,
                             options,
                             chunk,
+                            kwargs=kwargs,
                             addr=addr,
                             blocking=True,
                             batch="single" if single else "tuples",

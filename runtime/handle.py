@@ -124,4 +124,13 @@ class Job(Future, Generic[T]):  # type: ignore[type-arg]
         return True
 
     def __await__(self) -> Generator[Any, None, T]:
-        return asyncio.wrap_future(self).__await__()
+        if _blocking_hooks is None or self.done():
+            return asyncio.wrap_future(self).__await__()
+        return self._await_lending()
+
+    def _await_lending(self) -> Generator[Any, None, T]:
+        # An `async def` job awaiting a child: its worker's event loop is
+        # idle on it as a blocking wait would be, so the slot is lent out too.
+        with blocking():
+            value: T = yield from asyncio.wrap_future(self).__await__()
+        return value

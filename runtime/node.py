@@ -651,6 +651,8 @@ class NodeDaemon:
                 run["batch"] = task.header["batch"]
             if task.header.get("shm"):
                 run["shm"] = 1  # the caller takes results through shared memory
+            if task.header.get("kw"):
+                run["kw"] = 1  # the payload is (args, kwargs)
             if bundle is not None and w.bundle != bundle:
                 # Once per worker: it keeps its one bundle on its path.
                 w.bundle = bundle

@@ -11,6 +11,7 @@ user code is doing.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import io
 import logging
@@ -21,7 +22,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from types import CoroutineType
 from typing import Any
 
 from lucidity import _link, _shm
@@ -203,16 +205,23 @@ def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], b
     try:
         func = None if target.startswith(p.PICKLED_TARGET) else resolve(target)
         args, reply = p.loads_request(payload, bool(header.get("shm")))
+        kwargs: dict[str, Any] = {}
+        if "kw" in header:  # keyword arguments came with the positional ones
+            args, kwargs = args
         if func is None:
             func, args = args  # a pickled callable, then its arguments
         batch = header.get("batch")
         if batch is not None:
-            return _run_batch(func, args, batch == "single", limits, reply)
+            return _run_batch(func, args, kwargs, batch == "single", limits, reply)
         if limits is _NO_LIMITS:
-            result = func(*args)  # nothing to arm (most jobs)
+            result = func(*args, **kwargs)  # nothing to arm (most jobs)
+            if type(result) is CoroutineType:
+                result = _complete(result)
         else:
             with limits:
-                result = func(*args)
+                result = func(*args, **kwargs)
+                if type(result) is CoroutineType:
+                    result = _complete(result)
             if limits.hit is not None:  # the job swallowed the limit's exception
                 raise limits.hit
         return True, p.dumps_payload(result, reply), False
@@ -221,9 +230,17 @@ def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], b
         return False, frames, retire
 
 
+def _complete(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """The value of an `async def` job: its coroutine run to completion in an
+    event loop of its own, as `asyncio.run` does (a job's tasks and async
+    generators do not outlive it)."""
+    return asyncio.run(coroutine)
+
+
 def _run_batch(
     func: Callable[..., Any],
     items: list[Any],
+    kwargs: dict[str, Any],
     single: bool,
     limits: _Limits,
     reply: _shm.Outbound | None,
@@ -242,7 +259,10 @@ def _run_batch(
         for index, args in enumerate(items):
             try:
                 limits.rearm()
-                values.append(func(args) if single else func(*args))
+                value = func(args, **kwargs) if single else func(*args, **kwargs)
+                if type(value) is CoroutineType:
+                    value = _complete(value)
+                values.append(value)
                 if limits.hit is not None:
                     raise limits.hit
             except BaseException as exc:  # noqa: B036 - the item's result

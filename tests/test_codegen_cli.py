@@ -27,7 +27,7 @@ from lucidity import job
 
 @job
 def spread(*args: int) -> int:
-    return sum(args)
+    yield sum(args)
 """
 
 
@@ -119,8 +119,8 @@ def test_an_error_anywhere_writes_nothing_anywhere(project: Path) -> None:
         assert result.returncode == 2
         assert result.stdout == ""
         assert result.stderr.splitlines() == [
-            "app/spread.py:5:12: @job function 'spread' takes *args; jobs need "
-            "explicit parameters",
+            "app/spread.py:6:5: @job function 'spread' is a generator; jobs must "
+            "return their result: return a list instead of yielding",
             "1 error; no file written",
         ]
         assert tree(project) == before

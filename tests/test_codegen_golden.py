@@ -109,7 +109,56 @@ def test_expected_files_pass_mypy_strict(tmp_path: Path) -> None:
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        env={**os.environ, "MYPYPATH": str(tmp_path)},
+        # The caller's MYPYPATH after the tree's: how an editable install
+        # (which mypy cannot follow) can point it at the package.
+        env={
+            **os.environ,
+            "MYPYPATH": os.pathsep.join(
+                [str(tmp_path), *filter(None, [os.environ.get("MYPYPATH")])]
+            ),
+        },
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", ["param_kinds", "sentinel_defaults"])
+def test_stubs_have_the_jobs_own_signature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """`inspect.signature` of every single-call stub equals the job's, but
+    for the defaults it cannot repeat: a sentinel showing their source text."""
+    import importlib
+    import inspect
+
+    from lucidity._stubs import Default
+
+    laid = _lay_out(tmp_path, name)
+    shutil.copyfile(CASES_DIR / name / "expected.py", laid.stubs)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = importlib.import_module(f"{name}.mod")
+    stubs = importlib.import_module(f"{name}.mod_jobs")
+    jobs = {n.rsplit("_", 1)[0] for n in stubs.__all__ if n.endswith("_fanout")}
+    checked = 0
+    for job_name in sorted(j.removesuffix("_remote") for j in jobs):
+        job = getattr(source, job_name)
+        own = inspect.signature(job)
+        text = " ".join(inspect.getsource(job).split())
+        for suffix in ("_local", "_remote", "_local_async", "_remote_async"):
+            stub = inspect.signature(getattr(stubs, job_name + suffix))
+            assert list(stub.parameters) == list(own.parameters)
+            pairs = zip(stub.parameters.values(), own.parameters.values(), strict=True)
+            for mine, theirs in pairs:
+                assert mine.kind == theirs.kind
+                if theirs.annotation is inspect.Parameter.empty:
+                    assert mine.annotation == "Any"  # what an unannotated one is
+                else:
+                    assert mine.annotation == theirs.annotation
+                if isinstance(mine.default, Default):
+                    # Shown as written (on one line), where the job has it.
+                    assert theirs.default is not inspect.Parameter.empty
+                    assert f"= {repr(mine.default)}" in text
+                else:
+                    assert mine.default == theirs.default
+            checked += 1
+    assert checked >= 8

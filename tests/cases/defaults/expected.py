@@ -85,7 +85,13 @@ def scale_remote_async(
 
 def scale_remote_fanout(
     args_list: Iterable[
-        tuple[bytes, float, str, bytes, tuple[int, ...], int | None, bool]
+        tuple[bytes]
+        | tuple[bytes, float]
+        | tuple[bytes, float, str]
+        | tuple[bytes, float, str, bytes]
+        | tuple[bytes, float, str, bytes, tuple[int, ...]]
+        | tuple[bytes, float, str, bytes, tuple[int, ...], int | None]
+        | tuple[bytes, float, str, bytes, tuple[int, ...], int | None, bool]
     ],
 ) -> list[int]:
     """Run `scale` once per element over the nodes; results in input order."""

@@ -65,7 +65,10 @@ def centroid_remote_async(
 
 
 def centroid_remote_fanout(
-    args_list: Iterable[tuple[Sequence[Point], Optional["Mapping[str, Decimal]"]]],
+    args_list: Iterable[
+        tuple[Sequence[Point]]
+        | tuple[Sequence[Point], Optional["Mapping[str, Decimal]"]]
+    ],
 ) -> list[Point]:
     """Run `centroid` once per element over the nodes; results in input order."""
     return _lucidity.fanout(_centroid, args_list)

@@ -42,6 +42,6 @@ def add_remote_async(a: Any, b: Any = 1) -> Job[Any]:
     return _lucidity.submit_remote(_add, (a, b))
 
 
-def add_remote_fanout(args_list: Iterable[tuple[Any, Any]]) -> list[Any]:
+def add_remote_fanout(args_list: Iterable[tuple[Any] | tuple[Any, Any]]) -> list[Any]:
     """Run `add` once per element over the nodes; results in input order."""
     return _lucidity.fanout(_add, args_list)
