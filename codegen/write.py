@@ -19,13 +19,11 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from lucidity.codegen import discover, rules
-from lucidity.codegen.collect import collect
 from lucidity.codegen.errors import SourceError
-from lucidity.codegen.render import render
 
 __all__ = ["DEFAULT_SUFFIX", "Action", "Change", "Plan", "apply", "plan"]
 
@@ -71,6 +69,9 @@ class Plan:
 
     changes: tuple[Change, ...]
     errors: tuple[SourceError, ...]
+    # sha256 of every source read that mentions lucidity yet holds no job
+    # (and no error): what `cache` remembers for the next run.
+    no_jobs: tuple[str, ...] = ()
 
     def count(self, action: Action) -> int:
         return sum(1 for change in self.changes if change.action is action)
@@ -84,17 +85,23 @@ class Plan:
 
 
 def plan(
-    paths: Sequence[str], suffix: str = DEFAULT_SUFFIX, workers: int | None = None
+    paths: Sequence[str],
+    suffix: str = DEFAULT_SUFFIX,
+    workers: int | None = None,
+    no_jobs: Collection[str] = (),
 ) -> Plan:
     """Read `paths` (files or folders) and decide every generated file's fate.
 
     A generated file whose stamp matches its source and these output rules is
-    current and its source is not parsed; the rest are generated, over
-    `workers` processes (default: one per CPU, when there is enough to do).
+    current and its source is not parsed, nor is a source whose sha256 is in
+    `no_jobs` (known to hold no job); the rest are generated, over `workers`
+    processes (default: one per CPU, when there is enough to do).
     """
     changes: dict[str, Change] = {}
     errors: list[tuple[int, SourceError]] = []
     todo: list[_Work] = []
+    known = no_jobs if isinstance(no_jobs, (set, frozenset)) else set(no_jobs)
+    jobless: list[str] = []
     for index, path in enumerate(discover.iter_files(paths)):
         try:
             data = _read(path)
@@ -119,8 +126,12 @@ def plan(
             errors.append((index, _unreadable(target, exc)))
             continue
         ours = old is not None and discover.generated_source(old) is not None
-        if discover.MARKER in data:
-            work = _Work(index, path, data, target, old, ours, suffix)
+        digest = hashlib.sha256(data).hexdigest() if discover.MARKER in data else ""
+        if digest and digest in known:
+            jobless.append(digest)
+            digest = ""  # as good as a file without the marker
+        if digest:
+            work = _Work(index, path, data, digest, target, old, ours, suffix)
             if work.current():
                 _add(changes, Change(target, Action.UNCHANGED, old, old))
             else:
@@ -130,6 +141,8 @@ def plan(
             _add(changes, Change(target, Action.REMOVE, old, None))
     for work, (new, found) in zip(todo, _generate_all(todo, workers)):
         errors.extend((work.index, error) for error in found)
+        if new is None and not found:
+            jobless.append(work.digest)
         if new is None:
             if work.ours and work.old is not None and _names_source(work.old, work.path):
                 _add(changes, Change(work.target, Action.REMOVE, work.old, None))
@@ -153,7 +166,7 @@ def plan(
         _add(changes, Change(work.target, action, work.old, new))
     ordered = tuple(changes[key] for key in sorted(changes))
     errors.sort(key=lambda item: item[0])  # stable: each file's in its order
-    return Plan(ordered, tuple(error for _, error in errors))
+    return Plan(ordered, tuple(error for _, error in errors), tuple(jobless))
 
 
 def _unreadable(path: str, exc: OSError) -> SourceError:
@@ -167,6 +180,7 @@ class _Work:
     index: int  # in walk order, to report errors in that order
     path: str
     data: bytes
+    digest: str  # sha256 of data, hex
     target: str
     old: bytes | None
     ours: bool
@@ -185,7 +199,7 @@ class _Work:
             self.old,
             source_path,
             rules.regenerate_command(source_path, self.suffix, DEFAULT_SUFFIX),
-            hashlib.sha256(self.data).hexdigest(),
+            self.digest,
         )
 
 
@@ -258,6 +272,11 @@ def _generate(
 
     Run in a worker process for many files: it takes and returns plain data.
     """
+    # Imported here: a run where everything is current never loads libcst,
+    # jinja2 or black (a third of a second).
+    from lucidity.codegen.collect import collect
+    from lucidity.codegen.render import render
+
     try:
         module, source_path = discover.module_name(path)
     except discover.ModuleNameError as exc:

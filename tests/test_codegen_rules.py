@@ -4,12 +4,12 @@ writes the same bytes, and an incompatible stub interface fails at import."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import black
 import libcst
 import pytest
 
@@ -110,14 +110,22 @@ def test_a_change_of_the_output_rules_makes_check_fail(
 def test_the_fingerprint_follows_blacks_major_version_not_its_release(
     monkeypatch: pytest.MonkeyPatch, fresh_fingerprint: None
 ) -> None:
-    major = int(black.__version__.split(".")[0])
-    monkeypatch.setattr(black, "__version__", f"{major}.1.0")
+    real = importlib.metadata.version
+    major = int(real("black").split(".")[0])
+
+    def black_is(release: str) -> None:
+        rules.fingerprint.cache_clear()
+        monkeypatch.setattr(
+            importlib.metadata,
+            "version",
+            lambda name: release if name == "black" else real(name),
+        )
+
+    black_is(f"{major}.1.0")
     base = rules.fingerprint()
-    rules.fingerprint.cache_clear()
-    monkeypatch.setattr(black, "__version__", f"{major}.99.3")
+    black_is(f"{major}.99.3")
     assert rules.fingerprint() == base
-    rules.fingerprint.cache_clear()
-    monkeypatch.setattr(black, "__version__", f"{major + 1}.1.0")
+    black_is(f"{major + 1}.1.0")
     assert rules.fingerprint() != base
 
 
