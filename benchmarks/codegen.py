@@ -176,7 +176,11 @@ def _measure(root: str, repeat: int) -> None:
         for _ in range(repeat):
             _remove_stubs(package)
             record("fresh lucidity-gen", *_run(gen + [package]), {0})
-            record("lucidity-gen --check, unchanged", *_run(gen + ["--check", package]), {0})
+            record(
+                "lucidity-gen --check, unchanged",
+                *_run(gen + ["--check", package]),
+                {0},
+            )
             record("lucidity-gen, unchanged", *_run(gen + [package]), {0})
             shutil.rmtree(cache, ignore_errors=True)
             os.makedirs(cache)

@@ -139,12 +139,16 @@ def plan(
         elif ours and old is not None and _names_source(old, path):
             # The source has no jobs any more: its stubs would be dangling.
             _add(changes, Change(target, Action.REMOVE, old, None))
-    for work, (new, found) in zip(todo, _generate_all(todo, workers)):
+    for work, (new, found) in zip(todo, _generate_all(todo, workers), strict=True):
         errors.extend((work.index, error) for error in found)
         if new is None and not found:
             jobless.append(work.digest)
         if new is None:
-            if work.ours and work.old is not None and _names_source(work.old, work.path):
+            if (
+                work.ours
+                and work.old is not None
+                and _names_source(work.old, work.path)
+            ):
                 _add(changes, Change(work.target, Action.REMOVE, work.old, None))
             continue
         if work.old is not None and not work.ours:

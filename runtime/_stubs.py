@@ -62,6 +62,7 @@ def require_interface(module: str, interface: int) -> None:
         "(its header says how)"
     )
 
+
 _get_client: Callable[[], Client] | None = None
 
 

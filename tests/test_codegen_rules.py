@@ -36,6 +36,14 @@ def half(x: float) -> float:
 """
 
 
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The no-jobs cache of in-process CLI runs, kept out of ~/.cache."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("LUCIDITY_GEN_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     app = tmp_path / "app"
@@ -171,6 +179,29 @@ def test_a_pool_writes_what_one_process_writes(tmp_path: Path) -> None:
     assert serial.count(Action.WRITE) == 4
 
 
+def test_a_source_without_jobs_is_parsed_once(
+    project: Path, parses: list[int], cache_dir: Path
+) -> None:
+    main = project / "app" / "main.py"
+    main.write_text("from app.geometry_jobs import square_remote\n\nimport lucidity\n")
+    assert lucidity_gen(["-q", str(project)]) == 0
+    assert parses == [len(main.read_bytes())]
+    assert len(list(cache_dir.iterdir())) == 1
+    assert lucidity_gen(["-q", "--check", str(project)]) == 0
+    assert lucidity_gen(["-q", str(project)]) == 0
+    assert len(parses) == 1  # known from the cache since
+    main.write_text(main.read_text() + "\n# edited\n")
+    assert lucidity_gen(["-q", "--check", str(project)]) == 0
+    assert len(parses) == 2
+
+
+def test_exit_non_zero_on_write_fails_once_then_passes(project: Path) -> None:
+    (project / "app" / "geometry.py").write_text(SQUARE + "\n# edited\n")
+    assert lucidity_gen(["-q", "--exit-non-zero-on-write", str(project)]) == 1
+    assert lucidity_gen(["-q", "--exit-non-zero-on-write", str(project)]) == 0
+    assert lucidity_gen(["-q", "--workers", "0", str(project)]) == 2
+
+
 def _import(root: Path, module: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", f"import {module}"],
@@ -196,7 +227,9 @@ def test_an_incompatible_stub_module_fails_at_import_saying_what_to_do(
     line = f"_lucidity.require_interface(__name__, {rules.INTERFACE})"
     text = stubs.read_text()
     assert line in text
-    stubs.write_text(text.replace(line, f"_lucidity.require_interface(__name__, {stamp})"))
+    stubs.write_text(
+        text.replace(line, f"_lucidity.require_interface(__name__, {stamp})")
+    )
     proc = _import(project, "app.geometry_jobs")
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
