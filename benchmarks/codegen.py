@@ -6,7 +6,8 @@ them all, asks the generator, and takes the mark off each one it refuses,
 reporting how many), then measures in the same run, each as a fresh process
 (interpreter start-up and imports included, as a user or a hook pays them):
 
-- fresh `lucidity-gen` (no stub module exists yet);
+- fresh `lucidity-gen` (no stub module exists yet), over one process per CPU
+  (the default) and over one (`-W 1`), which is what the pool gives;
 - `lucidity-gen --check` over the unchanged tree;
 - a plain `lucidity-gen` run over the unchanged tree;
 - `black --check` of the same sources (its cache in an empty folder);
@@ -174,6 +175,12 @@ def _measure(root: str, repeat: int) -> None:
     try:
         # Interleaved, so that a swing of the machine's speed hits all alike.
         for _ in range(repeat):
+            _remove_stubs(package)
+            record(
+                "fresh lucidity-gen -W 1 (one process)",
+                *_run(gen + ["-W", "1", package]),
+                {0},
+            )
             _remove_stubs(package)
             record("fresh lucidity-gen", *_run(gen + [package]), {0})
             record(

@@ -222,6 +222,10 @@ def _generate_all(
     workers = min(workers, len(todo))
     if workers <= 1:
         return [_generate(*a) for a in args]
+    # Imported before the fork, so that each worker has them already.
+    import lucidity.codegen.collect
+    import lucidity.codegen.render  # noqa: F401
+
     # Largest first, so that no worker is left with a big file at the end.
     order = sorted(range(len(args)), key=lambda i: -len(args[i][1]))
     with concurrent.futures.ProcessPoolExecutor(
