@@ -7,6 +7,8 @@ never imported by the runtime. The pipeline, one concern a module:
 - `collect`: parse a file with libcst, find its jobs, refuse what cannot be one;
 - `model`: the IR, frozen dataclasses, the templates' only input;
 - `render`: jinja2 templates to text, formatted by black with a pinned mode;
+- `rules`: the header's stamp: source hash, output-rules fingerprint, output hash;
+- `cache`: which sources are known to hold no job (the one thing a stamp cannot say);
 - `write`: plan, diff and atomically write or remove generated modules;
 - `cli`: the `lucidity-gen` command.
 """

@@ -1,7 +1,8 @@
 """The `lucidity-gen` command: arguments, output, and black's exit codes.
 
 0: done, or (with `--check`) nothing is stale; 1: `--check` found stale,
-missing or dangling generated files; 2: usage or source errors (nothing is
+missing or dangling generated files (or, with `--exit-non-zero-on-write`, as
+the pre-commit hook runs it, some were written or removed); 2: usage or source errors (nothing is
 written); 123: an internal error, a bug in `lucidity-gen`.
 """
 
@@ -14,6 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from lucidity.codegen import cache
 from lucidity.codegen.write import DEFAULT_SUFFIX, Action, Plan, apply, plan
 
 __all__ = ["main"]
@@ -44,9 +46,23 @@ def _parser() -> argparse.ArgumentParser:
         help="write nothing; print a diff of what would change",
     )
     parser.add_argument(
+        "--exit-non-zero-on-write",
+        action="store_true",
+        help="exit 1 if any file was written or removed (so a pre-commit hook fails "
+        "until the change is staged)",
+    )
+    parser.add_argument(
         "--suffix",
         default=DEFAULT_SUFFIX,
         help=f"name suffix of generated modules (default: {DEFAULT_SUFFIX})",
+    )
+    parser.add_argument(
+        "-W",
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes generating stale files (default: one per CPU when many)",
     )
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="no summary line on stderr"
@@ -64,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
+    if args.workers is not None and args.workers < 1:
+        print(f"error: --workers {args.workers}: must be 1 or more", file=sys.stderr)
+        return EXIT_ERROR
     missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:
         for path in missing:
@@ -78,7 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    result = plan(args.paths, suffix=args.suffix)
+    known = cache.load()
+    result = plan(
+        args.paths, suffix=args.suffix, workers=args.workers, no_jobs=set(known)
+    )
+    cache.save(known, result.no_jobs)
     if result.errors:
         for error in result.errors:
             print(error, file=sys.stderr)
@@ -97,7 +120,9 @@ def _run(args: argparse.Namespace) -> int:
         apply(result)
     if not args.quiet:
         print(_summary(result, dry), file=sys.stderr)
-    if args.check and result.stale:
+    if args.exit_non_zero_on_write and result.stale and not dry:
+        print("stub modules changed: review them and stage them", file=sys.stderr)
+    if result.stale and (args.check or (args.exit_non_zero_on_write and not dry)):
         return EXIT_STALE
     return EXIT_OK
 

@@ -2,7 +2,8 @@
 
 The stub bodies are rendered first and the header (with its imports) after,
 so that the header can one day depend on what the body used; black, with one
-pinned mode, makes the result canonical. Same IR in, same bytes out.
+pinned mode, makes the result canonical; `rules.stamp` puts the stamp lines
+(source, rules and output hashes) on top. Same IR in, same bytes out.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import black
 import jinja2
 from black.mode import Mode, TargetVersion
 
+from lucidity.codegen import rules
 from lucidity.codegen.model import GeneratedModule
 
 __all__ = ["BLACK_MODE", "format_code", "render"]
@@ -45,8 +47,15 @@ def render(module: GeneratedModule) -> str:
     """The generated module's source text, black-formatted."""
     env = _environment()
     body = env.get_template("stubs.py.j2").render(module=module)
-    header = env.get_template("header.py.j2").render(module=module)
-    return format_code(header + body)
+    header = env.get_template("header.py.j2").render(
+        module=module, interface=rules.INTERFACE
+    )
+    return rules.stamp(
+        module.source_path,
+        module.regenerate_command,
+        module.source_hash,
+        format_code(header + body),
+    )
 
 
 def format_code(source: str) -> str:

@@ -522,3 +522,16 @@ def _no_process_left() -> Iterator[None]:
     left = wait_gone(descendants(os.getpid()), GONE_TIMEOUT_S)
     kill_pids(left)
     assert not left, f"processes left behind by the tests: {left}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lucidity_gen_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """lucidity-gen's no-jobs cache in the session's temporary folder, not the
+    user's ~/.cache: inherited by every lucidity-gen the tests run."""
+    old = os.environ.get("LUCIDITY_GEN_CACHE_DIR")
+    os.environ["LUCIDITY_GEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("gen-cache"))
+    yield
+    if old is None:
+        os.environ.pop("LUCIDITY_GEN_CACHE_DIR", None)
+    else:
+        os.environ["LUCIDITY_GEN_CACHE_DIR"] = old

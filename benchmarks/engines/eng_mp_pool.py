@@ -12,7 +12,7 @@ LABEL = "multiprocessing.Pool(2) [fork]"
 STARTUP_CODE = f"""
 import multiprocessing as mp
 from engines.tasks import square
-p = mp.Pool(2)
+p = mp.get_context("fork").Pool(2)  # not the default from Python 3.14
 print("{common.STARTUP_MARKER}", p.apply(square, (3,)), flush=True)
 p.terminate(); p.join()
 """
