@@ -347,10 +347,14 @@ def test_control_prunes_expired_subscriptions_without_membership_change(
         for _ in range(20):
             sock = ctx.socket(zmq.DEALER)
             sock.linger = 0
-            sock.connect(ctl.endpoint)
-            sock.send(p.encode(p.MsgType.SUBSCRIBE, {}))
-            assert sock.poll(5000), "no NODES from control"
-            sock.close(0)
+            try:
+                # An authorised member (this user's keys, as the daemon's).
+                secure_client(sock, default_keys())
+                sock.connect(ctl.endpoint)
+                sock.send(p.encode(p.MsgType.SUBSCRIBE, {}))
+                assert sock.poll(5000), "no NODES from control"
+            finally:
+                sock.close(0)
     finally:
         ctx.term()
     # Leases last 5 s; nothing joins or leaves, yet they must all go.
