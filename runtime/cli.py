@@ -295,10 +295,14 @@ def _security(args: argparse.Namespace) -> dict[str, Any]:
 
 def _watch(args: argparse.Namespace) -> int:
     from lucidity.errors import AuthenticationError
-    from lucidity.security import load_keys
+    from lucidity.security import default_keys, load_keys
     from lucidity.watch import Asker, watch
 
-    keys = load_keys(args.keys) if args.keys else None
+    # The same keys as `status` (and the daemons) by default: this user's own.
+    if args.keys:
+        keys = load_keys(args.keys)
+    else:
+        keys = None if args.insecure else default_keys()
     asker = Asker(args.control, keys, args.timeout_ms)
     try:
         return watch(asker, args.control, args.interval_ms, args.count)

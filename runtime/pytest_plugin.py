@@ -65,7 +65,9 @@ def _start(nodes: int, workers: int | None) -> LucidityCluster:
     local = start_embedded(nodes=nodes, workers=workers)
     try:
         assert local.control is not None
-        lucidity.connect(local.control)
+        # Its daemons run without keys on their private 0700 ipc folder, as
+        # the embedded cluster's do.
+        lucidity.connect(local.control, insecure=True)
         joined = wait_for_nodes(nodes, JOIN_TIMEOUT_S)
     except BaseException:
         local.stop()
