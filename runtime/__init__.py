@@ -63,13 +63,13 @@ def connect(
     started without `--keys` use too). `insecure=True`: no keys, for a
     cluster started with `--insecure`.
     """
-    from lucidity.client import connect as _connect
+    from lucidity.cluster.client import connect as _connect
 
     _connect(address, keys, insecure=insecure)
 
 
 def shutdown() -> None:
     """Close this process's client (and its embedded cluster, if any)."""
-    from lucidity.client import shutdown as _shutdown
+    from lucidity.cluster.client import shutdown as _shutdown
 
     _shutdown()

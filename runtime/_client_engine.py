@@ -1,4 +1,4 @@
-"""The bridge from `Engine` to today's ZeroMQ client (`lucidity.client`).
+"""The bridge from `Engine` to today's ZeroMQ client (`lucidity.cluster.client.core`).
 
 BRIDGE: this module lives only until the client is split by role and
 implements `Engine` itself behind `get_engine()`; then it goes, and nothing
@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-from lucidity import client as _client
 from lucidity._options import JobOptions
+from lucidity.cluster.client import core as _client
 from lucidity.engine import BatchResult, NodeInfo, Target
 from lucidity.handle import Job
 
@@ -46,7 +46,7 @@ def _wire(
 
 
 class ClientEngine:
-    """`Engine` over this process's `lucidity.client.Client`."""
+    """`Engine` over this process's `lucidity.cluster.client.core.Client`."""
 
     name = "zmq"
 

@@ -14,7 +14,7 @@ from lucidity._options import JobOptions, validate_options
 from lucidity.handle import Job
 
 if TYPE_CHECKING:
-    from lucidity.client import Client
+    from lucidity.cluster.client import Client
 
 __all__ = [
     "Default",
@@ -47,7 +47,7 @@ def _client() -> Client:
     # cheap to import; and once, not on every call (a hot path).
     global _get_client, _settle
     if _get_client is None:
-        from lucidity.client import get_client
+        from lucidity.cluster.client import get_client
         from lucidity.printer import settle
 
         _get_client, _settle = get_client, settle

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from lucidity.embedded import LocalCluster
+    from lucidity.cluster.embedded import LocalCluster
     from lucidity.engine import NodeInfo
 
 __all__ = ["LucidityCluster"]
@@ -58,7 +58,7 @@ def _start(nodes: int, workers: int | None) -> LucidityCluster:
     """Start a cluster, connect this process to it, wait for every node."""
     import lucidity
     from lucidity._client_engine import wait_for_nodes
-    from lucidity.embedded import start_embedded
+    from lucidity.cluster.embedded import start_embedded
 
     if nodes < 1:
         raise ValueError(f"lucidity_nodes: nodes must be at least 1, not {nodes}")

@@ -422,7 +422,7 @@ class Cluster:
 def _forget_address() -> None:
     """Undo `lucidity.connect` so nothing of ours outlives the session."""
     import lucidity
-    from lucidity import client
+    from lucidity.cluster.client import core as client
 
     lucidity.shutdown()
     client._address = None
@@ -433,7 +433,7 @@ def rt_cluster(
     rt_app: App, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     import lucidity
-    from lucidity.client import get_client
+    from lucidity.cluster.client import get_client
 
     daemons = Daemons(rt_app.root, rt_app.env, tmp_path_factory.mktemp("logs"))
     try:
@@ -462,7 +462,7 @@ def rt_cluster(
 def rt_client(rt_cluster: Cluster) -> Iterator[Cluster]:
     """This process's client, connected to `rt_cluster` for one test."""
     import lucidity
-    from lucidity.client import get_client
+    from lucidity.cluster.client import get_client
 
     lucidity.connect(rt_cluster.control)
     try:

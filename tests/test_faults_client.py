@@ -26,7 +26,7 @@ import pytest
 import waits
 
 import lucidity
-from lucidity import client as client_mod
+from lucidity.cluster.client import core as client_mod
 from lucidity.errors import (
     ClusterError,
     JobTimeoutError,

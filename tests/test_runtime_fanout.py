@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from lucidity import client as client_module
-from lucidity.client import _ChunkSizer, get_client
+from lucidity.cluster.client import core as client_module
+from lucidity.cluster.client.core import _ChunkSizer, get_client
 from lucidity.errors import FuelExhaustedError, RemoteTraceback
 
 

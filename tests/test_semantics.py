@@ -42,7 +42,7 @@ import lucidity
 from lucidity import _stubs
 from lucidity._options import validate_options
 from lucidity.bundle import Bundle, BundleTooLargeError, build_bundle
-from lucidity.client import (
+from lucidity.cluster.client.core import (
     CHUNK_MAX_ITEMS,
     FANOUT_WINDOW_PER_SLOT,
     INIT_ATTEMPTS,
@@ -50,7 +50,7 @@ from lucidity.client import (
     Client,
     get_client,
 )
-from lucidity.security import default_keys
+from lucidity.cluster.security import default_keys
 
 WAIT_S = 20.0
 RTAPP = "lucidity_rtapp.work"

@@ -1,4 +1,4 @@
-"""Same-host shared memory for large buffers (lucidity._shm, issue #5).
+"""Same-host shared memory for large buffers (lucidity.cluster.wire._shm, issue #5).
 
 Units, on a private root folder in tmp: descriptors off the wire are
 validated (no path leaves its directory), /dev/shm missing or full falls back
@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 
 import lucidity
-from lucidity import _shm
-from lucidity import protocol as p
-from lucidity.client import get_client
+from lucidity.cluster.client import get_client
+from lucidity.cluster.wire import _shm
+from lucidity.cluster.wire import protocol as p
 
 MIB = 1 << 20
 WAIT_S = 20.0
@@ -374,7 +374,7 @@ def test_own_files_are_released_and_the_folder_removed(root: Path) -> None:
 
 def test_folders_of_killed_processes_are_swept_and_live_ones_kept(root: Path) -> None:
     code = (
-        "import time; from lucidity import _shm; "
+        "import time; from lucidity.cluster.wire import _shm; "
         "print(_shm.make_dir('c', '99'), flush=True); time.sleep(60)"
     )
     env = {**os.environ, _shm.ROOT_ENV: str(root)}
@@ -506,7 +506,8 @@ def test_a_job_in_shared_memory_is_placed_only_on_this_host(
 def test_nodes_without_shm_get_frames(rt_daemons: Any, tmp_path: Path) -> None:
     """Without shared memory, 24 MiB arguments and results go as frames: more
     than the node's link to its worker takes at once, so the node sends the
-    rest as the worker drains it (`lucidity._link`, never blocking on it)."""
+    rest as the worker drains it (`lucidity.cluster.wire._link`, never blocking on it).
+    """
     from lucidity_rtapp.buffers_jobs import fill_remote_async, inspect_remote_async
 
     rt_daemons.env = {**rt_daemons.env, _shm.ROOT_ENV: str(tmp_path / "no-shm")}

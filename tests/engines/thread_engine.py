@@ -22,7 +22,7 @@ from lucidity.handle import Job
 
 def _callable(target: Target) -> Callable[..., Any]:
     if isinstance(target, str):
-        from lucidity.worker import resolve
+        from lucidity.cluster.node.worker import resolve
 
         return resolve(target)
     return target

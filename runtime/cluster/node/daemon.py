@@ -1,7 +1,7 @@
 """The node daemon: takes jobs from clients and runs them in worker processes.
 
 Workers are started ahead of time, each linked to the node by a socketpair
-(`lucidity._link`). The node keeps `slots` jobs running at once; a worker that
+(`lucidity.cluster.wire._link`). The node keeps `slots` jobs running at once; a worker that
 waits on a child job reports BLOCKED and gives its slot back (a new worker is
 started if none is idle), so nested jobs cannot deadlock even with one slot.
 A worker's death is seen through its pidfd, in the same poller as the sockets.
@@ -25,14 +25,10 @@ from typing import Any
 
 import zmq
 
-from lucidity import _link, _shm
-from lucidity import protocol as p
-from lucidity._daemon import announce, bind, install_stop, watch_parent
-from lucidity._loop import NOBLOCK, EventLoop, messages, send_frames
 from lucidity.bundle import BundleCache, cache_max_bytes
-from lucidity.errors import ClusterError, MessageTooLargeError, WorkerLostError
-from lucidity.output import NodeOutput, WorkerPipes
-from lucidity.security import (
+from lucidity.cluster._daemon import announce, bind, install_stop, watch_parent
+from lucidity.cluster.node.output import NodeOutput, WorkerPipes
+from lucidity.cluster.security import (
     DEFAULT_MAX_MESSAGE_MB,
     INSECURE_ENV,
     KEYS_ENV,
@@ -42,7 +38,11 @@ from lucidity.security import (
     Keys,
     check_bind,
 )
-from lucidity.watch import rss_bytes
+from lucidity.cluster.watch import rss_bytes
+from lucidity.cluster.wire import _link, _shm
+from lucidity.cluster.wire import protocol as p
+from lucidity.cluster.wire._loop import NOBLOCK, EventLoop, messages, send_frames
+from lucidity.errors import ClusterError, MessageTooLargeError, WorkerLostError
 
 __all__ = ["NodeDaemon", "DEFAULT_NODE_PORT"]
 
@@ -166,7 +166,7 @@ class Worker:
     retiring: bool = False
     # It said READY once: a worker that dies before is one that cannot start.
     greeted: bool = False
-    # Its stdout and stderr, read by the node (lucidity.output).
+    # Its stdout and stderr, read by the node (lucidity.cluster.node.output).
     pipes: WorkerPipes | None = None
 
     def running(self) -> tuple[tuple[bytes, int, Any, bool] | None, int]:
@@ -384,9 +384,14 @@ class NodeDaemon:
             end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _link.BUFFER_BYTES)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "lucidity.worker", str(theirs.fileno())],
+                [
+                    sys.executable,
+                    "-m",
+                    "lucidity.cluster.node.worker",
+                    str(theirs.fileno()),
+                ],
                 stdin=subprocess.PIPE,
-                # Never the node's own: the node reads these (lucidity.output).
+                # Never the node's own: the node reads these (lucidity.cluster.node.output).
                 stdout=pipes.child[0],
                 stderr=pipes.child[1],
                 env=env,

@@ -28,8 +28,8 @@ from typing import Any
 
 import zmq
 
-from lucidity import protocol as p
-from lucidity._loop import NOBLOCK, EventLoop, send_frames
+from lucidity.cluster.wire import protocol as p
+from lucidity.cluster.wire._loop import NOBLOCK, EventLoop, send_frames
 from lucidity.printer import Printer
 from lucidity.printer import prefix as _prefix
 

@@ -31,11 +31,28 @@ from typing import Any
 
 import zmq
 
-from lucidity import _shm
-from lucidity import protocol as p
-from lucidity._loop import NOBLOCK, EventLoop, messages, recv_frames, send_frames
 from lucidity._options import JobOptions
 from lucidity.bundle import Bundle, build_bundle
+from lucidity.cluster.node.output import forwarding
+from lucidity.cluster.security import (
+    MAX_NODE_WORKERS,
+    HandshakeWatch,
+    Keys,
+    client_max_message,
+    keys_from_env,
+    load_keys,
+    secure_client,
+    set_max_message,
+)
+from lucidity.cluster.wire import _shm
+from lucidity.cluster.wire import protocol as p
+from lucidity.cluster.wire._loop import (
+    NOBLOCK,
+    EventLoop,
+    messages,
+    recv_frames,
+    send_frames,
+)
 from lucidity.errors import (
     AuthenticationError,
     ClusterError,
@@ -49,19 +66,8 @@ from lucidity.errors import (
     WorkerLostError,
 )
 from lucidity.handle import Job, blocking, child_depth
-from lucidity.output import forwarding
 from lucidity.printer import settle, show_output
 from lucidity.progress import FanoutProgress
-from lucidity.security import (
-    MAX_NODE_WORKERS,
-    HandshakeWatch,
-    Keys,
-    client_max_message,
-    keys_from_env,
-    load_keys,
-    secure_client,
-    set_max_message,
-)
 
 __all__ = ["Client", "connect", "get_client", "shutdown"]
 
@@ -623,7 +629,7 @@ class Client:
             header["kw"] = 1  # the payload is (args, kwargs)
         return p.encode(p.MsgType.SUBMIT, header)
 
-    # ---- same-host shared memory (lucidity._shm) ---------------------------
+    # ---- same-host shared memory (lucidity.cluster.wire._shm) ----
 
     def _dumps_args(self, args: Any) -> tuple[list[Any], bool, list[str] | None]:
         """The payload of a job's arguments, whether every node shares this
@@ -931,7 +937,7 @@ class Client:
         # Two threads' first `_local` calls must not each start a node.
         with self._local_lock:
             if self._local_node is None:
-                from lucidity.embedded import start_private_node
+                from lucidity.cluster.embedded import start_private_node
 
                 self._private_node = start_private_node()
                 node = self._private_node.nodes[0]
@@ -1775,7 +1781,7 @@ def get_client() -> Client:
                 None, local_node=env_node, static_nodes=[env_node], keys=keys_from_env()
             )
         else:
-            from lucidity.embedded import start_embedded
+            from lucidity.cluster.embedded import start_embedded
 
             _cluster = start_embedded()
             _client = Client(_cluster.control, local_node=_cluster.nodes[0])

@@ -1,7 +1,7 @@
 """A worker process: runs one job at a time for its node.
 
-Started by the node ahead of time (`python -m lucidity.worker FD`, FD its end
-of a socketpair with the node: `lucidity._link`), it says READY and runs each
+Started by the node ahead of time (`python -m lucidity.cluster.node.worker FD`, FD its end
+of a socketpair with the node: `lucidity.cluster.wire._link`), it says READY and runs each
 RUN it is given: import the job by reference, unpickle the arguments, call,
 pickle the result or the error. It is also a client (nested jobs), and
 tells its node when user code blocks on a child job so the node can lend its
@@ -26,8 +26,8 @@ from collections.abc import Callable, Coroutine
 from types import CoroutineType
 from typing import Any
 
-from lucidity import _link, _shm
-from lucidity import protocol as p
+from lucidity.cluster.wire import _link, _shm
+from lucidity.cluster.wire import protocol as p
 from lucidity.errors import FuelExhaustedError, MemoryLimitError
 from lucidity.handle import set_blocking_hooks, set_job_depth
 

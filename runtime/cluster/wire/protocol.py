@@ -5,7 +5,7 @@ two magic bytes, the protocol version, the message type, then a small JSON
 object (a fixed, non-executable encoding). Frames after the header are the
 payload: a pickle (protocol 5) followed by its out-of-band buffers, one frame
 each. Between processes of one host, large buffers go through shared memory
-instead (`lucidity._shm`): the payload then starts with a manifest frame and
+instead (`lucidity.cluster.wire._shm`): the payload then starts with a manifest frame and
 those buffers' frames are descriptors. Daemons route payload frames as opaque
 bytes and never unpickle them; only clients and workers, which run user code
 anyway, do.
@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeAlias
 
-from lucidity import _shm
+from lucidity.cluster.wire import _shm
 
 __all__ = [
     "MAGIC",
@@ -70,7 +70,7 @@ class MsgType(enum.IntEnum):
     # node -> client: send me this bundle; client -> node: here it is
     FETCH = 15
     BUNDLE = 16
-    # node -> client: lines a job wrote to stdout/stderr (lucidity.output)
+    # node -> client: lines a job wrote to stdout/stderr (lucidity.cluster.node.output)
     OUTPUT = 17
     # worker <-> node
     READY = 20
