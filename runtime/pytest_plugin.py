@@ -57,7 +57,7 @@ class LucidityCluster:
 def _start(nodes: int, workers: int | None) -> LucidityCluster:
     """Start a cluster, connect this process to it, wait for every node."""
     import lucidity
-    from lucidity._client_engine import wait_for_nodes
+    from lucidity.cluster.client import wait_for_nodes
     from lucidity.cluster.embedded import start_embedded
 
     if nodes < 1:
@@ -85,7 +85,7 @@ def lucidity_cluster(
     lucidity_cluster_options: Mapping[str, Any],
 ) -> Iterator[LucidityCluster]:
     """A private cluster of real daemons for the session, connected to."""
-    from lucidity._client_engine import connection, restore_connection
+    from lucidity.engine import connection, restore_connection
 
     saved = connection()
     cluster = _start(
@@ -103,7 +103,7 @@ def lucidity_cluster(
 def lucidity_nodes() -> Iterator[Callable[..., LucidityCluster]]:
     """`lucidity_nodes(n, workers=1)`: a fresh cluster of `n` nodes for this
     test, connected to; the previous connection comes back after it."""
-    from lucidity._client_engine import connection, restore_connection
+    from lucidity.engine import connection, restore_connection
 
     saved = connection()
     made: list[LucidityCluster] = []

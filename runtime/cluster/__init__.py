@@ -16,6 +16,6 @@ What lives where:
   (`_daemon`, `_cpus`, `_liveness`).
 
 Engine-neutral code (the top-level `lucidity` modules) never imports this
-package at import time; it reaches it only through `lucidity._client_engine`.
+package at import time; it reaches it only through `lucidity.engine`.
 Importing `lucidity.cluster` itself loads nothing (no ZeroMQ).
 """

@@ -108,14 +108,17 @@ class ThreadEngine:
         self,
         target: Target,
         options: JobOptions,
-        items: Sequence[tuple[Any, ...]],
+        items: Sequence[Any],
         kwargs: Mapping[str, Any] | None = None,
         *,
         node: str | None = None,
+        single: bool = False,
     ) -> Future[BatchResult]:
         self.batches.append(len(items))
         fn = _callable(target)
         kw = dict(kwargs or {})
+        if single:
+            items = [(item,) for item in items]
 
         def batch() -> BatchResult:
             started = time.perf_counter()

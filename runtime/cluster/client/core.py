@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sized
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
@@ -56,7 +56,6 @@ from lucidity.cluster.wire._loop import (
 from lucidity.errors import (
     AuthenticationError,
     ClusterError,
-    JobCancelledError,
     JobTimeoutError,
     LucidityError,
     MessageTooLargeError,
@@ -66,8 +65,7 @@ from lucidity.errors import (
     WorkerLostError,
 )
 from lucidity.handle import Job, blocking, child_depth
-from lucidity.printer import settle, show_output
-from lucidity.progress import FanoutProgress
+from lucidity.printer import show_output
 
 __all__ = ["Client", "connect", "get_client", "shutdown"]
 
@@ -84,16 +82,6 @@ MAX_SYSTEM_ATTEMPTS = 3
 # SILENT_CHECKS intervals is lost even if control (maybe down) still lists it.
 SILENT_CHECKS = 20
 IDLE_PING_S = 1.0
-# Chunks of one fanout in flight per worker slot of the cluster; the rest
-# stream in as results come back.
-FANOUT_WINDOW_PER_SLOT = 4
-# A fanout chunk is sized to run about this long on a worker: long enough that
-# the cost of a message (~0.1-0.5 ms) is noise, short enough to balance nodes.
-CHUNK_TARGET_S = 0.02
-# ...and never more items than this in one message; fewer than
-# CHUNK_MIN_ITEMS go one per message (a small fanout stays round-robin).
-CHUNK_MAX_ITEMS = 8192
-CHUNK_MIN_ITEMS = 4
 
 _PING = p.encode(p.MsgType.PING)
 _MiB = 1024 * 1024
@@ -174,39 +162,6 @@ def _fail(job: Future[Any], exc: BaseException) -> None:
         job.set_exception(exc)
     except InvalidStateError:
         pass
-
-
-class _ChunkSizer:
-    """How many fanout items go in the next chunk.
-
-    Until a chunk has come back nothing is known about the job's cost, so
-    items go one per chunk (a window of them: a slow job is spread over every
-    node at once). Then chunks are sized from the measured time per item, as
-    reported by the workers, to take about CHUNK_TARGET_S; when the number of
-    items left is known, no chunk takes more than its share of the tail.
-    """
-
-    __slots__ = ("per_item_s",)
-
-    def __init__(self) -> None:
-        self.per_item_s: float | None = None
-
-    def observe(self, count: int, elapsed_s: float) -> None:
-        if count <= 0:
-            return
-        seen = elapsed_s / count
-        last = self.per_item_s
-        self.per_item_s = seen if last is None else (last + seen) / 2
-
-    def size(self, left: int | None, slots: int) -> int:
-        if self.per_item_s is None:
-            return 1
-        size = int(CHUNK_TARGET_S / max(self.per_item_s, 1e-9))
-        if left is not None:
-            size = min(size, -(-left // (2 * slots)))
-        if size < CHUNK_MIN_ITEMS:
-            return 1  # a chunk of 2 or 3 saves little and costs the spread
-        return min(size, CHUNK_MAX_ITEMS)
 
 
 class _Pending:
@@ -482,7 +437,6 @@ class Client:
         # jobs of an app are a few kinds: no header built per job).
         self._heads: dict[tuple[Any, ...], tuple[JobOptions, bytes]] = {}
         self._ids = itertools.count(1)
-        self._rr = itertools.count()
         # The fast path of blocking calls (`run`): each caller thread's own
         # sockets, and every such thread's, for `close`.
         self._local = threading.local()
@@ -993,128 +947,6 @@ class Client:
             f"{waited} ms ({INIT_ATTEMPTS} x {option}); "
             "start one with `lucidity node --control ...`"
         )
-
-    def fanout(
-        self,
-        target: str,
-        options: JobOptions,
-        items: Iterable[Any],
-        single: bool = False,
-        kwargs: Mapping[str, Any] | None = None,
-    ) -> list[Any]:
-        """Run `target` once per item over the live nodes; results in input order.
-
-        Items are the argument tuples, or with `single` each item is the lone
-        argument; `kwargs` are keyword arguments of every item. Items travel in chunks (one message, run one after another
-        by one worker, with a result or an error per item) sized by
-        `_ChunkSizer` so that a chunk takes about CHUNK_TARGET_S; a job with a
-        `timeout` or `retries` goes one item per job, since both are per item.
-        Chunks in flight are bounded (FANOUT_WINDOW_PER_SLOT per worker slot)
-        and the rest stream in from `items` as results come back: only the
-        results are kept. On a failure no further item is submitted; what is
-        already out finishes, then the first failure in input order is raised.
-        """
-        wait_s = INIT_ATTEMPTS * options.init_retry_interval_ms / 1000
-        per_item = options.timeout is not None or options.retries > 0
-        total = len(items) if isinstance(items, Sized) else None
-        source = iter(items)
-        progress = FanoutProgress(target, total)
-        with blocking():
-            if not self.nodes(timeout=wait_s):
-                raise self._no_nodes_error(options.init_retry_interval_ms)
-            results: list[Any] = []
-            failures: dict[int, BaseException] = {}
-            out: dict[int, Job[Any]] = {}
-            cond = threading.Condition()
-            sizer = _ChunkSizer()
-            start = next(self._rr)
-
-            def done(first: int, batched: bool, job: Future[Any]) -> None:
-                with cond:
-                    out.pop(first, None)
-                    if job.cancelled():
-                        failures[first] = JobCancelledError(
-                            f"fanout item {first} of {target} was cancelled"
-                        )
-                    elif job.exception() is not None:
-                        failures[first] = job.exception()  # type: ignore[assignment]
-                    elif batched:
-                        values, fail, elapsed, node = job.result()
-                        results[first : first + len(values)] = values
-                        sizer.observe(len(values) + (fail is not None), elapsed)
-                        progress.done += len(values) + (fail is not None)
-                        if fail is not None:
-                            index, frame = fail
-                            failures[first + index] = _decode_error([frame], node)
-                    else:
-                        results[first] = job.result()
-                        progress.done += 1
-                    cond.notify_all()
-
-            try:
-                index = 0
-                for chunk_no in itertools.count():
-                    nodes = self._nodes or self.nodes(timeout=wait_s)
-                    if not nodes:
-                        raise self._no_nodes_error(options.init_retry_interval_ms)
-                    slots = sum(_worker_slots(n) for n in nodes)
-                    with cond:
-                        while (
-                            len(out) >= FANOUT_WINDOW_PER_SLOT * slots and not failures
-                        ):
-                            cond.wait()
-                        if failures:
-                            break
-                        left = None if total is None else total - index
-                        size = 1 if per_item else sizer.size(left, slots)
-                    chunk = list(itertools.islice(source, size))
-                    if not chunk:
-                        break
-                    with cond:
-                        results.extend(itertools.repeat(None, len(chunk)))
-                    if options.fanout == "random":
-                        addr = _random_addr(nodes)
-                    else:
-                        addr = nodes[(start + chunk_no) % len(nodes)]["addr"]
-                    if per_item:
-                        args = (chunk[0],) if single else tuple(chunk[0])
-                        job = self.submit(
-                            target,
-                            options,
-                            args,
-                            kwargs=kwargs,
-                            addr=addr,
-                            blocking=True,
-                        )
-                    else:
-                        job = self.submit(
-                            target,
-                            options,
-                            chunk,
-                            kwargs=kwargs,
-                            addr=addr,
-                            blocking=True,
-                            batch="single" if single else "tuples",
-                        )
-                    with cond:
-                        out[index] = job
-                    job.add_done_callback(functools.partial(done, index, not per_item))
-                    index += len(chunk)
-            except BaseException:
-                with cond:
-                    pending = list(out.values())
-                for job in pending:
-                    job.cancel()
-                raise
-            finally:
-                with cond:
-                    while out:
-                        cond.wait()
-                progress.close()
-                settle()  # the items' lines before what the caller prints next
-        if failures:
-            raise failures[min(failures)]
-        return results
 
     def close(self) -> None:
         with self._wake_lock:
