@@ -43,14 +43,13 @@ from lucidity import _stubs
 from lucidity._options import validate_options
 from lucidity.bundle import Bundle, BundleTooLargeError, build_bundle
 from lucidity.cluster.client.core import (
-    CHUNK_MAX_ITEMS,
-    FANOUT_WINDOW_PER_SLOT,
     INIT_ATTEMPTS,
     SILENT_CHECKS,
     Client,
     get_client,
 )
 from lucidity.cluster.security import default_keys
+from lucidity.fanout import CHUNK_MAX_ITEMS, FANOUT_WINDOW_PER_SLOT
 
 WAIT_S = 20.0
 RTAPP = "lucidity_rtapp.work"

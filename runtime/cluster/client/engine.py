@@ -17,16 +17,10 @@ from typing import Any
 
 from lucidity._options import JobOptions
 from lucidity.cluster.client import core
-from lucidity.cluster.client.core import (
-    _decode_error as decode_error,
-)
-from lucidity.cluster.client.core import (
-    _worker_slots as worker_slots,
-)
-from lucidity.cluster.client.core import (
-    encode_callable,
-    get_client,
-)
+from lucidity.cluster.client.core import get_client
+from lucidity.cluster.client.membership import _worker_slots as worker_slots
+from lucidity.cluster.client.payload import encode_callable
+from lucidity.cluster.client.results import decode_error
 from lucidity.engine import BatchResult, NodeInfo, Target
 from lucidity.handle import Job
 
@@ -46,7 +40,7 @@ def _wire(target: Target, args: Any) -> tuple[str, Any]:
     return encode_callable(target, args)
 
 
-def _one(job: Job[Any], out: Future[BatchResult], started: float) -> None:
+def _one(job: Future[Any], out: Future[BatchResult], started: float) -> None:
     """A one-item batch sent as a plain job: its outcome as a batch's."""
     if job.cancelled():
         if out.cancel():
@@ -54,7 +48,7 @@ def _one(job: Job[Any], out: Future[BatchResult], started: float) -> None:
         return
     exc = job.exception()
     elapsed = time.monotonic() - started
-    node = str(job.node or "?")
+    node = str(getattr(job, "node", None) or "?")
     try:
         if exc is not None:
             out.set_result(BatchResult([], (0, exc), elapsed, node))
@@ -64,7 +58,7 @@ def _one(job: Job[Any], out: Future[BatchResult], started: float) -> None:
         pass  # cancelled by its caller meanwhile
 
 
-def _many(job: Job[Any], out: Future[BatchResult]) -> None:
+def _many(job: Future[Any], out: Future[BatchResult]) -> None:
     """A batch job's result tuple (see `lucidity.cluster.node.worker`)."""
     if job.cancelled():
         if out.cancel():
@@ -123,7 +117,7 @@ class ZmqEngine:
         *,
         local: bool = False,
     ) -> Any:
-        if type(target) is not str:
+        if not isinstance(target, str):
             target, args = encode_callable(target, args)
         return get_client().run(target, options, args, kwargs=kwargs, local=local)
 
