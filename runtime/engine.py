@@ -15,7 +15,8 @@ name in ENGINES is a module that provides three functions:
 * `get_engine() -> Engine`: this process's engine, made on first use;
 * `shutdown()`: close it (and whatever it started).
 
-A second engine is one more entry there and one module against `Engine`.
+A second engine is one more entry there and one module against `Engine`
+(`tests/engines/thread_engine.py` is one, for tests).
 
 This module owns the protocol, its small value types and the choice of
 engine. It may import only engine-neutral parts of the package (`Job`,
@@ -59,9 +60,9 @@ Target = str | Callable[..., Any]
 
 ENGINE_ENV = "LUCIDITY_ENGINE"
 # Engine name -> the module implementing it (see the module docstring).
+# A second engine is one entry more, e.g. "ray": "lucidity.ray_engine".
 ENGINES: dict[str, str] = {
     "zmq": "lucidity.cluster.client",
-    "ray": "lucidity.ray_engine",
 }
 
 

@@ -145,3 +145,26 @@ class ThreadEngine:
         if self.gate is not None:
             self.gate.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- as an engine module of `lucidity.engine.ENGINES` ------------------------
+
+_engine: ThreadEngine | None = None
+
+
+def connect(address: str | None, keys: Any = None, *, insecure: bool = False) -> None:
+    shutdown()
+
+
+def get_engine() -> ThreadEngine:
+    global _engine
+    if _engine is None:
+        _engine = ThreadEngine()
+    return _engine
+
+
+def shutdown() -> None:
+    global _engine
+    engine, _engine = _engine, None
+    if engine is not None:
+        engine.close()
