@@ -146,6 +146,9 @@ def fanout(
     """
     total = len(items) if isinstance(items, Sized) else None
     source = iter(items)
+    # First: an engine made on first use starts here (an embedded cluster
+    # takes a second), before the progress bar's clock does.
+    nodes = engine.nodes()
     run = _Run(target_name(target), total)
     cond, out = run.cond, run.out
     rr = next(_starts)
@@ -153,7 +156,8 @@ def fanout(
         try:
             index = 0
             for batch_no in itertools.count():
-                nodes = engine.nodes()
+                if batch_no:
+                    nodes = engine.nodes()
                 slots = max(1, sum(n.slots for n in nodes))
                 with cond:
                     while (

@@ -663,7 +663,7 @@ def test_heartbeat_workers_are_bounded(spawn: Any, keys_dir: Path) -> None:
 
 
 def test_fanout_window_ignores_an_inflated_workers_claim() -> None:
-    from lucidity.cluster.client.core import _worker_slots
+    from lucidity.cluster.client.membership import _worker_slots
 
     assert _worker_slots({"workers": 10**9}) == MAX_NODE_WORKERS
     assert _worker_slots({"workers": "lots"}) == 1

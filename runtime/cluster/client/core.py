@@ -27,10 +27,8 @@ import zmq
 
 from lucidity._options import JobOptions
 from lucidity.cluster.client.fastpath import _FastPath
-from lucidity.cluster.client.membership import _worker_slots
 from lucidity.cluster.client.payload import encode_callable
 from lucidity.cluster.client.placement import MAX_SYSTEM_ATTEMPTS
-from lucidity.cluster.client.results import _decode_error, _Outcome
 from lucidity.cluster.client.state import (
     IDLE_PING_S,
     INIT_ATTEMPTS,
@@ -55,9 +53,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("lucidity.cluster.client")
-
-# Re-exported: tests and the Ray engine know them from here.
-_ = (_decode_error, _Outcome, _worker_slots)
 
 
 class Client(_FastPath):
