@@ -14,9 +14,10 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-import zmq
+if TYPE_CHECKING:
+    import zmq
 
 __all__ = [
     "LEND_PER_SLOT",
