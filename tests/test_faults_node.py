@@ -36,7 +36,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from waits import wait_until
 
-from lucidity import bundle as bundle_mod
+from lucidity.cluster.node import bundles as bundle_mod
 from lucidity.cluster.security import default_keys, secure_client
 from lucidity.cluster.wire import protocol as p
 from lucidity.errors import ClusterError

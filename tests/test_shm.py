@@ -42,11 +42,11 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private stand-in for /dev/shm, and no node folder known yet."""
     path = tmp_path / "shm"
     path.mkdir()
-    monkeypatch.setattr(_shm, "SHM_ROOT", str(path))
-    monkeypatch.setattr(_shm, "_node_dir", _shm._UNKNOWN)
+    monkeypatch.setattr(_shm.folders, "SHM_ROOT", str(path))
+    monkeypatch.setattr(_shm.folders, "_node_dir", _shm.folders._UNKNOWN)
     monkeypatch.delenv(_shm.NODE_DIR_ENV, raising=False)
     yield path
-    for made in [d for d in _shm._locks if d.startswith(str(path))]:
+    for made in [d for d in _shm.folders._locks if d.startswith(str(path))]:
         _shm.remove_dir(made)  # and its lock
 
 
@@ -312,7 +312,7 @@ def test_no_reply_through_shm_unless_asked_and_the_node_has_a_folder(
     frames, _ = _send(b"small", _dir())
     # A worker of a node without a shared-memory folder answers in frames.
     assert p.loads_request(frames, reply=True)[1] is None
-    monkeypatch.setattr(_shm, "_node_dir", _shm._UNKNOWN)
+    monkeypatch.setattr(_shm.folders, "_node_dir", _shm.folders._UNKNOWN)
     monkeypatch.setenv(_shm.NODE_DIR_ENV, _dir("n"))
     assert p.loads_request(frames, reply=False)[1] is None
     assert p.loads_request(frames, reply=True)[1] is not None
@@ -335,7 +335,7 @@ def test_discard_unlinks_results_but_never_the_callers_own_files(root: Path) -> 
 def test_no_shm_folder_means_frames(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_shm, "SHM_ROOT", str(tmp_path / "missing"))
+    monkeypatch.setattr(_shm.folders, "SHM_ROOT", str(tmp_path / "missing"))
     assert _shm.make_dir("c", "1") is None
     own = _shm.OwnFiles("1", None)
     out = _shm.Outbound(own.directory, "a")
@@ -353,7 +353,7 @@ def test_a_full_shm_means_frames_and_no_partial_file(
         os.write(fd, data[: len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(_shm, "_write_all", half_then_full)
+    monkeypatch.setattr(_shm.descriptors, "_write_all", half_then_full)
     directory = _dir()
     data = bytearray(os.urandom(2 * MIB))
     frames, written = _send(PickleBuffer(data), directory)

@@ -19,9 +19,9 @@ from typing import Any
 from lucidity._options import JobOptions
 from lucidity.cluster.client.bundles import _Bundles
 from lucidity.cluster.client.pending import _Pending
-from lucidity.cluster.node.output import forwarding
 from lucidity.cluster.wire import _shm
 from lucidity.cluster.wire import protocol as p
+from lucidity.cluster.wire.protocol import forwarding
 from lucidity.handle import child_depth
 
 __all__ = ["_Payloads", "encode_callable"]

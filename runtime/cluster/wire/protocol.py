@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
 import pickle
 import re
 import traceback
@@ -25,6 +26,7 @@ from typing import Any, NamedTuple, TypeAlias
 from lucidity.cluster.wire import _shm
 
 __all__ = [
+    "FORWARD_ENV",
     "MAGIC",
     "MAX_HEADER_BYTES",
     "VERSION",
@@ -38,6 +40,7 @@ __all__ = [
     "dumps_error",
     "dumps_payload",
     "encode",
+    "forwarding",
     "loads_payload",
     "loads_request",
 ]
@@ -48,6 +51,18 @@ MAGIC = b"LU"
 VERSION = 1
 # Headers are small: a job id, a target name, options. Anything bigger is garbage.
 MAX_HEADER_BYTES = 64 * 1024
+
+# Job output (OUTPUT messages) goes to its caller unless this is "0", read by
+# both ends: such a client asks for none (SUBMIT's `quiet`), such a node sends
+# none.
+FORWARD_ENV = "LUCIDITY_FORWARD_OUTPUT"
+
+
+def forwarding() -> bool:
+    """Whether job output goes to its caller (the default), not the node's log."""
+    return os.environ.get(FORWARD_ENV, "1").strip() != "0"
+
+
 # The target of a pickled callable (Executor, joblib): "<pickled>:MODULE:NAME",
 # for logs and code shipping; the callable travels ahead of its arguments.
 PICKLED_TARGET = "<pickled>"
