@@ -19,7 +19,7 @@ import time
 from benchapp.bench_jobs import square_remote
 
 import lucidity
-import lucidity.client as lc
+import lucidity.cluster.client.core as lc
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -61,7 +61,7 @@ def kind(pid: int) -> str:
             argv = f.read().split("\0")
     except FileNotFoundError:
         return "gone"
-    if "lucidity.worker" in argv:
+    if "lucidity.cluster.node.worker" in argv:
         return "worker"
     return next((k for k in ("control", "node") if k in argv), "other")
 

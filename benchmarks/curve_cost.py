@@ -29,10 +29,10 @@ from benchapp import bench_jobs  # noqa: E402
 from engines import common  # noqa: E402
 
 import lucidity  # noqa: E402
-from lucidity._cpus import available, format_cpus, split  # noqa: E402
-from lucidity.client import get_client  # noqa: E402
-from lucidity.embedded import LocalCluster, _start  # noqa: E402
-from lucidity.security import keygen  # noqa: E402
+from lucidity.cluster._cpus import available, format_cpus, split  # noqa: E402
+from lucidity.cluster.client.core import get_client  # noqa: E402
+from lucidity.cluster.embedded import LocalCluster, _start  # noqa: E402
+from lucidity.cluster.security import keygen  # noqa: E402
 
 
 def start(mode: str, keys: str) -> LocalCluster:

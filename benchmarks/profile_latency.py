@@ -44,7 +44,7 @@ print("ROUND-TRIPS", n, "mean-us", (time.perf_counter() - t0) / n * 1e6, flush=T
 
 
 def role(proc: str) -> str:
-    if "lucidity.worker" in proc:
+    if "lucidity.cluster.node.worker" in proc:
         return "worker"
     if " control" in proc:
         return "control daemon"

@@ -7,7 +7,7 @@ median round trip for:
 - a ZeroMQ PAIR over ipc (each message also wakes an I/O thread on each side),
   as the node and its workers talked before stop 9;
 - a Unix socketpair (a send wakes the reader directly), as they talk now
-  (`lucidity._link`);
+  (`lucidity.cluster.wire._link`);
 - the socketpair with both processes on one CPU, and on two different CPUs.
 
 It is why the node-worker link is a socketpair and why the embedded

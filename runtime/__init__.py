@@ -49,10 +49,11 @@ __version__ = "0.1.0"
 
 
 def connect(
-    address: str,
+    address: str | None = None,
     keys: str | os.PathLike[str] | None = None,
     *,
     insecure: bool = False,
+    engine: str | None = None,
 ) -> None:
     """Use the cluster whose control daemon listens at `address`.
 
@@ -61,15 +62,17 @@ def connect(
     folder (from `lucidity keygen`), or a member's; default `$LUCIDITY_KEYS`,
     else this user's own (`$XDG_CONFIG_HOME/lucidity/keys`, which daemons
     started without `--keys` use too). `insecure=True`: no keys, for a
-    cluster started with `--insecure`.
+    cluster started with `--insecure`. `engine` picks another engine than
+    lucidity's own daemons ("zmq"; default `$LUCIDITY_ENGINE`, see
+    `lucidity.engine`), for which `address` means what that engine says.
     """
-    from lucidity.client import connect as _connect
+    from lucidity.engine import connect as _connect
 
-    _connect(address, keys, insecure=insecure)
+    _connect(address, keys, insecure=insecure, engine=engine)
 
 
 def shutdown() -> None:
-    """Close this process's client (and its embedded cluster, if any)."""
-    from lucidity.client import shutdown as _shutdown
+    """Close this process's engine (and its embedded cluster, if any)."""
+    from lucidity.engine import shutdown as _shutdown
 
     _shutdown()

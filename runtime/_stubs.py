@@ -1,8 +1,10 @@
 """The seam between generated modules and the runtime.
 
 A generated `*_jobs.py` module imports only this module: each generated
-function is one call into it. Retries, timeouts, placement and fanout live
-here (and below, in the client), never in generated code.
+function is one call into it. Retries, timeouts and placement live
+below, in the engine (`lucidity.engine.get_engine()`), and fanout in
+`lucidity.fanout`; never in generated code. This module may not import an
+engine's own modules.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from lucidity._options import JobOptions, validate_options
 from lucidity.handle import Job
 
 if TYPE_CHECKING:
-    from lucidity.client import Client
+    from lucidity.engine import Engine
 
 __all__ = [
     "Default",
@@ -65,28 +67,28 @@ def require_interface(module: str, interface: int) -> None:
     )
 
 
-_get_client: Callable[[], Client] | None = None
+_get_engine: Callable[[], Engine] | None = None
 
 
 def _no_output() -> None:
     pass
 
 
-# `lucidity.printer.settle` once the client is loaded: a blocking call's
+# `lucidity.printer.settle` once an engine is loaded: a blocking call's
 # printed lines are written before its caller goes on.
 _settle: Callable[[], None] = _no_output
 
 
-def _client() -> Client:
+def _engine() -> Engine:
     # Imported on first use, not with the stubs: a generated module stays
     # cheap to import; and once, not on every call (a hot path).
-    global _get_client, _settle
-    if _get_client is None:
-        from lucidity.client import get_client
+    global _get_engine, _settle
+    if _get_engine is None:
+        from lucidity.engine import get_engine
         from lucidity.printer import settle
 
-        _get_client, _settle = get_client, settle
-    return _get_client()
+        _get_engine, _settle = get_engine, settle
+    return _get_engine()
 
 
 class Default:
@@ -170,14 +172,14 @@ def submit_local(
     ref: JobRef[T], args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None
 ) -> Job[T]:
     """Start `ref(*args, **kwargs)` on this process's own node; return its handle."""
-    return _client().submit(ref.target, ref.options, args, kwargs or None, local=True)
+    return _engine().submit(ref.target, ref.options, args, kwargs or None, local=True)
 
 
 def submit_remote(
     ref: JobRef[T], args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None
 ) -> Job[T]:
     """Start `ref(*args, **kwargs)` on a random live node; return its handle."""
-    return _client().submit(ref.target, ref.options, args, kwargs or None)
+    return _engine().submit(ref.target, ref.options, args, kwargs or None)
 
 
 def run_local(
@@ -185,7 +187,7 @@ def run_local(
 ) -> T:
     """Run `ref(*args, **kwargs)` on this process's own node and wait for it."""
     try:
-        value: T = _client().run(
+        value: T = _engine().run(
             ref.target, ref.options, args, kwargs or None, local=True
         )
     finally:
@@ -198,7 +200,7 @@ def run_remote(
 ) -> T:
     """Run `ref(*args, **kwargs)` on a random live node and wait for it."""
     try:
-        value: T = _client().run(ref.target, ref.options, args, kwargs or None)
+        value: T = _engine().run(ref.target, ref.options, args, kwargs or None)
     finally:
         _settle()
     return value
@@ -217,7 +219,9 @@ def fanout(
 ) -> list[T]:
     """Run `ref(*item, **kwargs)` for every item over the nodes; results in
     input order. `kwargs` (the job's keyword-only parameters) apply to all."""
-    return _client().fanout(ref.target, ref.options, items, kwargs=_shared(kwargs))
+    from lucidity.fanout import fanout as drive
+
+    return drive(_engine(), ref.target, ref.options, items, kwargs=_shared(kwargs))
 
 
 def fanout_each(
@@ -226,6 +230,8 @@ def fanout_each(
     """Run `ref(item, **kwargs)` for every item (a one-parameter job) over the
     nodes; results in input order. Items travel as they are, not wrapped in
     tuples."""
-    return _client().fanout(
-        ref.target, ref.options, items, single=True, kwargs=_shared(kwargs)
+    from lucidity.fanout import fanout as drive
+
+    return drive(
+        _engine(), ref.target, ref.options, items, single=True, kwargs=_shared(kwargs)
     )

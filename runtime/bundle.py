@@ -3,7 +3,8 @@
 The client builds a bundle once per package and process (sorted names, fixed
 timestamps: the same source gives the same bytes and the same hash) and names
 it in every SUBMIT. A node that lacks the hash fetches the bytes from the
-client, checks the hash, caches the zip on disk (`BundleCache`) and runs the
+client, checks the hash, caches the zip on disk
+(`lucidity.cluster.node.bundles.BundleCache`) and runs the
 job in a worker that imports from that zip and serves no other bundle.
 Third-party packages and the standard library are not shipped: nodes must
 have them installed.
@@ -11,19 +12,14 @@ have them installed.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import importlib.util
 import io
-import itertools
 import logging
 import os
-import stat
 import sysconfig
-import tempfile
 import zipfile
 import zipimport
-from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +27,8 @@ from lucidity.errors import ClusterError
 
 __all__ = [
     "Bundle",
-    "BundleCache",
     "BundleTooLargeError",
     "build_bundle",
-    "cache_max_bytes",
     "DEFAULT_MAX_BUNDLE_BYTES",
 ]
 
@@ -133,143 +127,3 @@ def build_bundle(module: str, limit: int | None = None) -> Bundle | None:
             zf.writestr(info, path.read_bytes())
     data = buf.getvalue()
     return Bundle(top, hashlib.sha256(data).hexdigest(), data)
-
-
-# ---- a node's cache of fetched bundles -------------------------------------
-
-CACHE_MAX_ENV = "LUCIDITY_CACHE_MAX_MB"
-DEFAULT_CACHE_MAX_BYTES = 1024 * 1024 * 1024
-_NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def cache_max_bytes() -> int:
-    """The bundle cache's bound ($LUCIDITY_CACHE_MAX_MB, default 1024)."""
-    text = os.environ.get(CACHE_MAX_ENV)
-    if not text:
-        return DEFAULT_CACHE_MAX_BYTES
-    try:
-        mb = float(text)
-    except ValueError:
-        mb = -1.0
-    if not mb > 0:
-        raise ClusterError(
-            f"{CACHE_MAX_ENV}={text!r} is not a positive number of megabytes"
-        )
-    return int(mb * 1024 * 1024)
-
-
-class BundleCache:
-    """A node's bundles on disk, by digest: `<digest>.zip` in one folder.
-
-    The files are the app's source: the folder is 0700 and each file 0600,
-    whatever the umask. A bundle is written under a fresh random name
-    (mkstemp: O_EXCL, so a planted symlink is never written through), then
-    renamed over its final name (a rename replaces a link, never follows
-    it); it is read with O_NOFOLLOW and checked against its hash once per
-    run. Past `max_bytes` the least recently used bundles go first: those
-    not used in this run by their mtime, then by their last use.
-    """
-
-    def __init__(self, folder: Path, max_bytes: int = DEFAULT_CACHE_MAX_BYTES) -> None:
-        self.folder = folder
-        self.max_bytes = max_bytes
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        st = os.stat(folder)
-        if st.st_uid != os.geteuid():
-            raise ClusterError(
-                f"the bundle cache {folder} belongs to uid {st.st_uid}, not to this "
-                "user: other users could change the code this node runs"
-            )
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            os.chmod(folder, 0o700)
-        # Bundles whose bytes were checked against their hash in this run,
-        # with the order of their last use.
-        self.used: dict[str, int] = {}
-        self._tick = itertools.count()
-
-    def path(self, digest: str) -> Path:
-        return self.folder / f"{digest}.zip"
-
-    def has(self, digest: str) -> bool:
-        """Whether the cache holds this bundle whole. A file that does not
-        match its hash (a torn write, a damaged disk, tampering) or is not a
-        plain file of ours is fetched again, never imported."""
-        if digest in self.used:
-            self.used[digest] = next(self._tick)
-            return True
-        try:
-            fd = os.open(self.path(digest), _NOFOLLOW)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            why = (
-                "is a symlink" if exc.errno == errno.ELOOP else f"cannot be read: {exc}"
-            )
-            log.warning("cached bundle %s %s; fetching it again", digest[:12], why)
-            return False
-        with open(fd, "rb") as f:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-                return False
-            if stat.S_IMODE(st.st_mode) & 0o077:
-                os.fchmod(fd, 0o600)  # written by an older lucidity
-            data = f.read()
-        if hashlib.sha256(data).hexdigest() != digest:
-            log.warning(
-                "cached bundle %s does not match its hash; fetching it again",
-                digest[:12],
-            )
-            return False
-        self.used[digest] = next(self._tick)
-        return True
-
-    def put(self, digest: str, data: bytes, keep: Collection[str] = ()) -> Path:
-        """Store a bundle (its hash already checked), then bring the cache
-        back within its bound, never removing `digest` or those in `keep`."""
-        path = self.path(digest)
-        fd, tmp = tempfile.mkstemp(prefix=".bundle-", suffix=".tmp", dir=self.folder)
-        try:
-            with open(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        self.used[digest] = next(self._tick)
-        self.evict({digest, *keep})
-        return path
-
-    def evict(self, keep: Collection[str] = ()) -> None:
-        """Remove least recently used bundles until within the bound."""
-        entries: list[tuple[tuple[int, float], str, int]] = []
-        total = 0
-        with os.scandir(self.folder) as it:
-            for entry in it:
-                digest, dot, ext = entry.name.partition(".")
-                if ext != "zip" or not dot or len(digest) != 64:
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                total += st.st_size
-                used = self.used.get(digest)
-                age = (0, st.st_mtime) if used is None else (1, float(used))
-                entries.append((age, digest, st.st_size))
-        if total <= self.max_bytes:
-            return
-        for _, digest, size in sorted(entries):
-            if total <= self.max_bytes:
-                break
-            if digest in keep:
-                continue
-            try:
-                os.unlink(self.path(digest))
-            except OSError:
-                continue
-            self.used.pop(digest, None)
-            total -= size
-            log.info("evicted bundle %s (%d bytes) from the cache", digest[:12], size)

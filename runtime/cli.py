@@ -41,7 +41,7 @@ def _positive_int(text: str) -> int:
 
 
 def _worker_count(text: str) -> int:
-    from lucidity.security import MAX_NODE_WORKERS
+    from lucidity.cluster.security import MAX_NODE_WORKERS
 
     value = _positive_int(text)
     if value > MAX_NODE_WORKERS:
@@ -50,7 +50,7 @@ def _worker_count(text: str) -> int:
 
 
 def _cpu_list(text: str) -> frozenset[int]:
-    from lucidity._cpus import parse_cpus
+    from lucidity.cluster._cpus import parse_cpus
 
     try:
         return parse_cpus(text)
@@ -193,8 +193,8 @@ def _parser() -> argparse.ArgumentParser:
 def _status(control: str, timeout: float, keys_dir: str | None, insecure: bool) -> int:
     import zmq
 
-    from lucidity import protocol as p
-    from lucidity import security as sec
+    from lucidity.cluster import security as sec
+    from lucidity.cluster.wire import protocol as p
     from lucidity.errors import AuthenticationError
 
     if keys_dir:
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _security(args: argparse.Namespace) -> dict[str, Any]:
-    from lucidity.security import default_keys, load_keys, warn_open
+    from lucidity.cluster.security import default_keys, load_keys, warn_open
 
     if args.keys:
         keys = load_keys(args.keys, server=True)
@@ -294,9 +294,9 @@ def _security(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _watch(args: argparse.Namespace) -> int:
+    from lucidity.cluster.security import default_keys, load_keys
+    from lucidity.cluster.watch import Asker, watch
     from lucidity.errors import AuthenticationError
-    from lucidity.security import default_keys, load_keys
-    from lucidity.watch import Asker, watch
 
     # The same keys as `status` (and the daemons) by default: this user's own.
     if args.keys:
@@ -314,7 +314,7 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _keygen(folder: str, member: str | None) -> int:
-    from lucidity.security import add_member, keygen
+    from lucidity.cluster.security import add_member, keygen
 
     if member:
         target = add_member(folder, member)
@@ -331,14 +331,14 @@ def _keygen(folder: str, member: str | None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "control":
-        from lucidity.control import ControlDaemon
+        from lucidity.cluster.control import ControlDaemon
 
         ControlDaemon(args.bind, dead_after=args.dead_after_ms, **_security(args)).run(
             parent_fd=0 if args.parent_pipe else None
         )
         return 0
     if args.command == "node":
-        from lucidity.node import NodeDaemon
+        from lucidity.cluster.node.daemon import NodeDaemon
 
         NodeDaemon(
             args.bind,

@@ -1,4 +1,4 @@
-"""Printing forwarded job output: the caller's side of `lucidity.output`.
+"""Printing forwarded job output: the caller's side of `lucidity.cluster.node.output`.
 
 Whoever prints job lines (a caller, or a node for its log) does it through a
 `Printer`: a thread of its own writes them, so a slow terminal blocks

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from lucidity.embedded import LocalCluster
+    from lucidity.cluster.embedded import LocalCluster
     from lucidity.engine import NodeInfo
 
 __all__ = ["LucidityCluster"]
@@ -57,8 +57,8 @@ class LucidityCluster:
 def _start(nodes: int, workers: int | None) -> LucidityCluster:
     """Start a cluster, connect this process to it, wait for every node."""
     import lucidity
-    from lucidity._client_engine import wait_for_nodes
-    from lucidity.embedded import start_embedded
+    from lucidity.cluster.client import wait_for_nodes
+    from lucidity.cluster.embedded import start_embedded
 
     if nodes < 1:
         raise ValueError(f"lucidity_nodes: nodes must be at least 1, not {nodes}")
@@ -87,7 +87,7 @@ def lucidity_cluster(
     lucidity_cluster_options: Mapping[str, Any],
 ) -> Iterator[LucidityCluster]:
     """A private cluster of real daemons for the session, connected to."""
-    from lucidity._client_engine import connection, restore_connection
+    from lucidity.engine import connection, restore_connection
 
     saved = connection()
     cluster = _start(
@@ -105,7 +105,7 @@ def lucidity_cluster(
 def lucidity_nodes() -> Iterator[Callable[..., LucidityCluster]]:
     """`lucidity_nodes(n, workers=1)`: a fresh cluster of `n` nodes for this
     test, connected to; the previous connection comes back after it."""
-    from lucidity._client_engine import connection, restore_connection
+    from lucidity.engine import connection, restore_connection
 
     saved = connection()
     made: list[LucidityCluster] = []

@@ -26,25 +26,27 @@ are no longer our descendants) must be gone too. Every wait is bounded.
 from __future__ import annotations
 
 import os
-import selectors
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import waits
+from daemons import READY_TIMEOUT_S, Daemons, daemon_env
+from procs import (
+    Procs,
+    descendants,
+    kill_pids,
+    wait_gone,
+)
 
 APP_NAME = "lucidity_rtapp"
 APPS = Path(__file__).parent / "apps"
-READY_TIMEOUT_S = 15.0
-STOP_TIMEOUT_S = 5.0
 GONE_TIMEOUT_S = 10.0
 
 
@@ -64,91 +66,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(_config_home, ignore_errors=True)
 
 
-# ---- processes, seen through /proc ------------------------------------------
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (state first),
-    or None if there is no such process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return text[text.rindex(")") + 2 :].split()
-
-
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of `pid`, or None if there is no such process."""
-    fields = _stat_fields(pid)
-    return None if fields is None else (fields[0], int(fields[1]))
-
-
-def start_time(pid: int) -> int | None:
-    """When `pid` started (clock ticks after boot): tells a pid from its reuse."""
-    fields = _stat_fields(pid)
-    return None if fields is None else int(fields[19])
-
-
-def cpu_ticks(pid: int) -> int | None:
-    """CPU time `pid` has used (user + system, clock ticks)."""
-    fields = _stat_fields(pid)
-    return None if fields is None else int(fields[11]) + int(fields[12])
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie nobody reaped yet counts as gone)."""
-    st = _stat(pid)
-    return st is not None and st[0] != "Z"
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            st = _stat(int(entry))
-            if st is not None and st[1] == pid and st[0] != "Z":
-                out.append(int(entry))
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children(todo.pop()):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def wait_gone(pids: list[int], timeout: float) -> list[int]:
-    """Wait (bounded) until none of `pids` runs; return those still running."""
-    deadline = time.monotonic() + timeout
-    left = [p for p in pids if alive(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.02)
-        left = [p for p in left if alive(p)]
-    return left
-
-
-def kill_pids(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-class Procs:
-    """The /proc helpers, for test modules (they cannot import conftest)."""
-
-    alive = staticmethod(alive)
-    children = staticmethod(children)
-    descendants = staticmethod(descendants)
-    wait_gone = staticmethod(wait_gone)
-    kill_pids = staticmethod(kill_pids)
-    stat = staticmethod(_stat)
-    cpu_ticks = staticmethod(cpu_ticks)
+# ---- processes, seen through /proc (procs.py) -------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -177,190 +95,7 @@ def work(rt_client: Any) -> Any:
     return work
 
 
-# ---- daemons ------------------------------------------------------------------
-
-
-@dataclass
-class Daemon:
-    kind: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-    endpoint: str = ""
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def workers(self) -> list[int]:
-        """The live child processes (a node's workers)."""
-        return children(self.pid)
-
-
-def _read_ready(d: Daemon, timeout: float) -> str:
-    """The endpoint from the daemon's `LUCIDITY-READY <endpoint>` line."""
-    assert d.proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    buf = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(d.proc.stdout, selectors.EVENT_READ)
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(
-                    f"{d.kind} daemon (pid {d.pid}) not ready within {timeout} s; "
-                    f"log:\n{d.log_text()}"
-                )
-            if not sel.select(left):
-                continue
-            chunk = os.read(d.proc.stdout.fileno(), 4096)
-            if not chunk:
-                d.proc.wait(STOP_TIMEOUT_S)
-                raise RuntimeError(
-                    f"{d.kind} daemon exited with {d.proc.returncode} before it "
-                    f"was ready; log:\n{d.log_text()}"
-                )
-            buf += chunk
-    line = buf.split(b"\n", 1)[0].decode()
-    tag, _, endpoint = line.partition(" ")
-    assert tag == "LUCIDITY-READY", line
-    return endpoint.strip()
-
-
-@dataclass
-class Daemons:
-    """Processes started from the app's folder; `stop_all` ends them by pid."""
-
-    cwd: Path
-    env: dict[str, str]
-    logdir: Path
-    started: list[Daemon] = field(default_factory=list)
-    # Every pid ever seen under one of our processes, with its start time
-    # (a pid can be reused): the workers of a node that was SIGKILLed are no
-    # longer our descendants, and must go too.
-    seen: dict[int, int | None] = field(default_factory=dict)
-
-    def spawn(
-        self,
-        kind: str,
-        argv: list[str],
-        *,
-        cwd: Path | None = None,
-        env: dict[str, str] | None = None,
-        wait: bool = True,
-    ) -> Daemon:
-        """Start `argv` (stderr to a log); with `wait`, read its READY line."""
-        log = self.logdir / f"{kind}-{len(self.started)}.log"
-        with open(log, "wb") as err:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                cwd=self.cwd if cwd is None else cwd,
-                env=self.env if env is None else env,
-            )
-        d = Daemon(kind, proc, log)
-        self.started.append(d)
-        if wait:
-            d.endpoint = _read_ready(d, READY_TIMEOUT_S)
-            self.snapshot()
-        return d
-
-    def start(self, kind: str, *args: str, wait: bool = True, **kw: Any) -> Daemon:
-        """`lucidity KIND ARGS...`; `cwd` and `env` override the folder's."""
-        argv = [sys.executable, "-m", "lucidity", "--log-level", "WARNING", kind]
-        # --parent-pipe: a safety net, gone if pytest itself dies.
-        return self.spawn(kind, [*argv, *args, "--parent-pipe"], wait=wait, **kw)
-
-    def control(self, *args: str, **kw: Any) -> Daemon:
-        return self.start("control", "--bind", "tcp://127.0.0.1:*", *args, **kw)
-
-    def node(self, control: str, *args: str, workers: int = 1, **kw: Any) -> Daemon:
-        return self.start(
-            "node",
-            "--control",
-            control,
-            "--bind",
-            "tcp://127.0.0.1:*",
-            "--workers",
-            str(workers),
-            *args,
-            **kw,
-        )
-
-    def snapshot(self) -> None:
-        """Remember every process now running under one of ours."""
-        for d in self.started:
-            for pid in descendants(d.pid):
-                self.seen.setdefault(pid, start_time(pid))
-
-    def signal(self, d: Daemon, sig: int) -> None:
-        """Send `sig` to `d` (its workers are remembered first); after
-        SIGKILL, wait (bounded) until it is gone."""
-        self.snapshot()
-        os.kill(d.pid, sig)
-        if sig == signal.SIGKILL:
-            d.proc.wait(STOP_TIMEOUT_S)
-
-    def stop(self, d: Daemon) -> list[int]:
-        """SIGCONT, SIGTERM, bounded wait, SIGKILL; then its workers must be
-        gone too. Returns the pids (daemon or workers) that had to be SIGKILLed.
-        """
-        forced = []
-        self.snapshot()
-        tree = descendants(d.pid)
-        if d.proc.poll() is None:
-            for sig in (signal.SIGCONT, signal.SIGTERM):
-                try:
-                    d.proc.send_signal(sig)
-                except ProcessLookupError:
-                    pass
-            try:
-                d.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                d.proc.kill()
-                d.proc.wait(STOP_TIMEOUT_S)
-                forced.append(d.pid)
-        left = wait_gone(tree, STOP_TIMEOUT_S)
-        kill_pids(left)
-        forced.extend(left)
-        for f in (d.proc.stdin, d.proc.stdout):
-            if f is not None and not f.closed:
-                f.close()
-        return forced
-
-    def stop_all(self) -> list[int]:
-        self.snapshot()
-        forced = []
-        for d in reversed(self.started):
-            forced.extend(self.stop(d))
-        self.started.clear()
-        ours = [pid for pid, t in self.seen.items() if start_time(pid) == t]
-        orphans = [
-            pid
-            for pid in wait_gone(ours, STOP_TIMEOUT_S)
-            if start_time(pid) == self.seen[pid]
-        ]
-        kill_pids(orphans)
-        forced.extend(pid for pid in orphans if pid not in forced)
-        self.seen.clear()
-        return forced
-
-
-def _daemon_env(app_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("LUCIDITY_CONTROL", "LUCIDITY_NODE", "LUCIDITY_NODE_ID"):
-        env.pop(name, None)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(app_dir), *filter(None, [env.get("PYTHONPATH")])]
-    )
-    return env
+# ---- daemons (daemons.py) -----------------------------------------------------
 
 
 # ---- the app ------------------------------------------------------------------
@@ -394,7 +129,7 @@ def rt_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     assert (root / APP_NAME / "work_jobs.py").is_file()
     sys.path.insert(0, str(root))
     try:
-        yield App(root, _daemon_env(root))
+        yield App(root, daemon_env(root))
     finally:
         sys.path.remove(str(root))
         for name in list(sys.modules):
@@ -422,7 +157,7 @@ class Cluster:
 def _forget_address() -> None:
     """Undo `lucidity.connect` so nothing of ours outlives the session."""
     import lucidity
-    from lucidity import client
+    from lucidity.cluster.client import core as client
 
     lucidity.shutdown()
     client._address = None
@@ -433,7 +168,7 @@ def rt_cluster(
     rt_app: App, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     import lucidity
-    from lucidity.client import get_client
+    from lucidity.cluster.client import get_client
 
     daemons = Daemons(rt_app.root, rt_app.env, tmp_path_factory.mktemp("logs"))
     try:
@@ -462,7 +197,7 @@ def rt_cluster(
 def rt_client(rt_cluster: Cluster) -> Iterator[Cluster]:
     """This process's client, connected to `rt_cluster` for one test."""
     import lucidity
-    from lucidity.client import get_client
+    from lucidity.cluster.client import get_client
 
     lucidity.connect(rt_cluster.control)
     try:

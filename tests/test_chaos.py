@@ -33,9 +33,9 @@ from waits import bounded, in_thread, wait_until
 
 import lucidity
 from lucidity import _stubs
-from lucidity import protocol as p
+from lucidity.cluster.security import default_keys, secure_client
+from lucidity.cluster.wire import protocol as p
 from lucidity.errors import WorkerLostError
-from lucidity.security import default_keys, secure_client
 
 APP = "chaosapp"
 READY_S = 15.0
@@ -195,14 +195,14 @@ class Cluster:
 
 
 def connect(control: str, nodes: int) -> list[dict[str, Any]]:
-    from lucidity.client import get_client
+    from lucidity.cluster.client import get_client
 
     lucidity.connect(control)
     return get_client().wait_for_nodes(nodes, timeout=READY_S)
 
 
 def forget_client() -> None:
-    from lucidity import client
+    from lucidity.cluster.client import core as client
 
     try:
         lucidity.shutdown()
@@ -265,11 +265,11 @@ def test_node_killed_mid_chunk_runs_the_chunk_again_elsewhere(
 ) -> None:
     """Chunks of many items (about 1 s each): a node SIGKILLed halfway through
     one loses the whole chunk, which runs again on the other node."""
-    from lucidity import client as client_module
-    from lucidity.client import get_client
+    from lucidity import fanout as driver
+    from lucidity.cluster.client import get_client
 
     _, nodes = cluster.start(2)
-    monkeypatch.setattr(client_module, "CHUNK_TARGET_S", 1.0)
+    monkeypatch.setattr(driver, "CHUNK_TARGET_S", 1.0)
     client = get_client()
     sent: list[tuple[str, list[int]]] = []  # (node, the chunk's items)
     real = client.submit
@@ -381,7 +381,7 @@ def test_control_restart_on_same_port(cluster: Cluster, tmp_path: Path) -> None:
     wait_until(
         lambda: all(a in _status(bind) for a in addrs), 10, "status to list both nodes"
     )
-    from lucidity.client import get_client
+    from lucidity.cluster.client import get_client
 
     assert {n["addr"] for n in get_client().nodes()} == set(addrs)
     squares = bounded(
@@ -695,7 +695,7 @@ CLIENT_SCRIPT = textwrap.dedent("""
     import sys, time
     import lucidity
     from lucidity import _stubs
-    from lucidity.client import get_client
+    from lucidity.cluster.client import get_client
 
     lucidity.connect(sys.argv[1])
     get_client().wait_for_nodes(1, timeout=15)

@@ -1,4 +1,4 @@
-"""Fuzz `lucidity.protocol.decode`: any bytes give a Message or a FrameError.
+"""Fuzz `lucidity.cluster.wire.protocol.decode`: any bytes give a Message or a FrameError.
 
 Daemons call `decode` on every frame a peer sends and catch only `FrameError`
 (and `KeyError`), so anything else escaping it is a crash of the daemon.
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from lucidity import protocol as p
+from lucidity.cluster.wire import protocol as p
 
 PREFIX = p.MAGIC + bytes((p.VERSION,))
 

@@ -1,5 +1,5 @@
 """CPU shares: `lucidity node --cpus` and the embedded cluster's split of
-the machine (`lucidity._cpus`)."""
+the machine (`lucidity.cluster._cpus`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lucidity
-from lucidity._cpus import available, format_cpus, parse_cpus, split
-from lucidity.client import get_client
+from lucidity.cluster._cpus import available, format_cpus, parse_cpus, split
+from lucidity.cluster.client import get_client
 
 WAIT_S = 20.0
 
@@ -86,7 +86,7 @@ def test_a_node_and_its_workers_run_on_its_cpus(rt_daemons: Any) -> None:
     "ignore:This process .* is multi-threaded:DeprecationWarning"
 )
 def test_embedded_nodes_each_get_their_share_of_the_cpus() -> None:
-    from lucidity.embedded import start_embedded
+    from lucidity.cluster.embedded import start_embedded
 
     before = os.sched_getaffinity(0)
     cluster = start_embedded(nodes=2)

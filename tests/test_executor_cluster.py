@@ -13,7 +13,7 @@ import pytest
 from conftest import descendants
 
 from lucidity import Executor
-from lucidity.client import encode_callable
+from lucidity.cluster.client import encode_callable
 
 
 def test_module_level_callables_go_by_reference() -> None:

@@ -22,9 +22,9 @@ from waits import wait_until
 
 import lucidity
 from lucidity import _stubs
-from lucidity import protocol as p
 from lucidity._options import validate_options
-from lucidity.client import MAX_SYSTEM_ATTEMPTS, Client, get_client
+from lucidity.cluster.client import MAX_SYSTEM_ATTEMPTS, Client, get_client
+from lucidity.cluster.wire import protocol as p
 from lucidity.errors import ClusterError, RemoteTraceback, WorkerLostError
 
 WAIT_S = 20.0

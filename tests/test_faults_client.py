@@ -26,7 +26,8 @@ import pytest
 import waits
 
 import lucidity
-from lucidity import client as client_mod
+from lucidity.cluster.client import core as client_mod
+from lucidity.cluster.client import placement
 from lucidity.errors import (
     ClusterError,
     JobTimeoutError,
@@ -286,7 +287,7 @@ def test_cancel_racing_a_failure_leaves_the_others_handled(
     ctl = rt_daemons.control("--dead-after-ms", "1000")
     node = rt_daemons.node(ctl.endpoint)
     app = _connect(ctl.endpoint)
-    monkeypatch.setattr(client_mod, "MAX_SYSTEM_ATTEMPTS", 1)
+    monkeypatch.setattr(placement, "MAX_SYSTEM_ATTEMPTS", 1)
     first = app.sleep_remote_async(30)
     second = app.sleep_remote_async(30)
     waits.wait_until(lambda: len(client_mod.get_client()._inflight) == 2, 10, "both")

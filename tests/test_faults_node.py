@@ -36,10 +36,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from waits import wait_until
 
-from lucidity import bundle as bundle_mod
-from lucidity import protocol as p
+from lucidity.cluster.node import bundles as bundle_mod
+from lucidity.cluster.security import default_keys, secure_client
+from lucidity.cluster.wire import protocol as p
 from lucidity.errors import ClusterError
-from lucidity.security import default_keys, secure_client
 
 APP = '''
 """Jobs of the node fault tests."""
@@ -466,7 +466,8 @@ def test_bundle_cache_evicts_least_recently_used_within_its_bound(
 
 EMBEDDED_APP = """
 import os, sys, time
-from lucidity import _stubs, client
+from lucidity import _stubs
+from lucidity.cluster.client import core as client
 
 def folder():
     assert _stubs.run_remote(_stubs.JobRef("faultapp:square"), (3,)) == 9

@@ -1,4 +1,4 @@
-"""The node-worker link (`lucidity._link`): framing over a socketpair, the
+"""The node-worker link (`lucidity.cluster.wire._link`): framing over a socketpair, the
 node's non-blocking end, and messages of many frames through a real node."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from waits import wait_until
 
 import lucidity
-from lucidity import _link
-from lucidity.client import get_client
+from lucidity.cluster.client import get_client
+from lucidity.cluster.wire import _link
 from lucidity.errors import FuelExhaustedError
 
 MIB = 1 << 20

@@ -1,12 +1,13 @@
 """The node's queue policy: who may start while workers are blocked on
-child jobs (unit tests of `lucidity.node._Queue`; the integration tests of
+child jobs (unit tests of `lucidity.cluster.node.scheduler.JobQueue`; the integration tests of
 nested jobs are in test_runtime_variants and test_chaos)."""
 
 from __future__ import annotations
 
 import pytest
 
-from lucidity.node import LEND_PER_SLOT, Task, _Queue
+from lucidity.cluster.node.scheduler import LEND_PER_SLOT, Task
+from lucidity.cluster.node.scheduler import JobQueue as _Queue
 
 
 def task(depth: int, key: int = 0) -> Task:

@@ -227,7 +227,7 @@ def cluster(app_root: Path, make_daemons: Any) -> Iterator[Any]:
     """A CLI-started control and two nodes (one worker each) on loopback TCP,
     this process connected to them."""
     import lucidity
-    from lucidity import client
+    from lucidity.cluster.client import core as client
 
     daemons = make_daemons(app_root, _clean_env(PYTHONPATH=str(app_root)))
     ctl = daemons.control()
@@ -272,7 +272,7 @@ def test_cli_cluster_output_reaches_the_caller_while_the_job_runs(
 
 
 def _nodes() -> list[dict[str, Any]]:
-    from lucidity.client import get_client
+    from lucidity.cluster.client import get_client
 
     return get_client().nodes()
 
@@ -307,7 +307,8 @@ def test_forwarding_off_keeps_output_in_the_nodes_log(
     app_root: Path, make_daemons: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import lucidity
-    from lucidity import _stubs, client
+    from lucidity import _stubs
+    from lucidity.cluster.client import core as client
 
     daemons = make_daemons(app_root, _clean_env(PYTHONPATH=str(app_root)))
     ctl = daemons.control()
@@ -519,7 +520,7 @@ def test_status_watch_refreshes_in_place_on_a_terminal(
     from waits import in_thread
 
     from lucidity import _stubs
-    from lucidity.client import get_client
+    from lucidity.cluster.client import get_client
 
     control = get_client().control
     assert control is not None
@@ -572,7 +573,7 @@ def test_status_watch_refreshes_in_place_on_a_terminal(
 
 
 def test_status_watch_prints_plain_lines_without_a_terminal(cluster: Any) -> None:
-    from lucidity.client import get_client
+    from lucidity.cluster.client import get_client
 
     control = get_client().control
     assert control is not None
@@ -598,9 +599,9 @@ def test_a_node_drops_and_counts_what_a_full_client_queue_refuses() -> None:
     the peer's queue refuses are counted, and the next OUTPUT says how many."""
     import zmq
 
-    from lucidity import protocol as p
-    from lucidity._loop import EventLoop
-    from lucidity.output import NodeOutput
+    from lucidity.cluster.node.output import NodeOutput
+    from lucidity.cluster.wire import protocol as p
+    from lucidity.cluster.wire._loop import EventLoop
 
     ctx = zmq.Context()
     front = ctx.socket(zmq.ROUTER)

@@ -94,4 +94,4 @@ def test_the_plugin_loads_without_lucidity_runtime() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    assert "lucidity.client" not in out.stdout and "zmq" not in out.stdout
+    assert "lucidity.cluster" not in out.stdout and "zmq" not in out.stdout

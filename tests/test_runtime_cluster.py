@@ -17,8 +17,8 @@ import zmq
 
 import lucidity
 from lucidity import _stubs
-from lucidity.client import get_client
-from lucidity.security import default_keys, secure_client
+from lucidity.cluster.client import get_client
+from lucidity.cluster.security import default_keys, secure_client
 
 WAIT_S = 20.0
 CLI_TIMEOUT_S = 20.0
@@ -282,7 +282,7 @@ def test_daemon_without_keys_flag_is_never_open() -> None:
     # any address); only --insecure runs it without (the API's daemons refuse
     # a non-loopback bind without keys: test_security_cluster).
     from lucidity.cli import _parser, _security
-    from lucidity.security import default_keys_dir
+    from lucidity.cluster.security import default_keys_dir
 
     for kind in ("control", "node"):
         args = _parser().parse_args([kind, "--bind", "tcp://0.0.0.0:*"])

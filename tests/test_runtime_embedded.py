@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-import lucidity.client
+import lucidity.cluster.client.core
 from lucidity_rtapp.work_jobs import square_local, square_remote, square_remote_fanout
 
 
@@ -53,7 +53,7 @@ def say(*words):
 assert "LUCIDITY_CONTROL" not in os.environ
 say("PID", os.getpid())
 say("RESULT", square_remote(7))
-cluster = lucidity.client._cluster
+cluster = lucidity.cluster.client.core._cluster
 say("DAEMONS", *(d.proc.pid for d in cluster.daemons))
 say("TREE", *descendants(os.getpid()))
 if sys.argv[1] == "hang":

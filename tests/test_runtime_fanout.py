@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from lucidity import client as client_module
-from lucidity.client import _ChunkSizer, get_client
+from lucidity import fanout as driver
+from lucidity.cluster.client import get_client
 from lucidity.errors import FuelExhaustedError, RemoteTraceback
+from lucidity.fanout import ChunkSizer as _ChunkSizer
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def test_fuel_is_a_budget_per_item_of_a_chunk(
 ) -> None:
     # Long chunks: 8 items of 50 ms CPU share one message, 400 ms of CPU in
     # all, over the job's fuel of 2 (200 ms), yet each item is within it.
-    monkeypatch.setattr(client_module, "CHUNK_TARGET_S", 10.0)
+    monkeypatch.setattr(driver, "CHUNK_TARGET_S", 10.0)
     items = [0.05] * 40
     assert all(n > 0 for n in app.spin_remote_fanout(items))
     assert max(chunks) * 0.05 > 0.2
@@ -74,11 +75,11 @@ def test_chunk_size_follows_the_measured_cost_of_an_item() -> None:
     sizer = _ChunkSizer()
     assert sizer.size(None, 2) == 1  # nothing known yet: one item per chunk
     sizer.observe(100, 0.001)  # 10 us per item
-    target = int(client_module.CHUNK_TARGET_S / 1e-5)
-    assert sizer.size(None, 2) == min(target, client_module.CHUNK_MAX_ITEMS)
+    target = int(driver.CHUNK_TARGET_S / 1e-5)
+    assert sizer.size(None, 2) == min(target, driver.CHUNK_MAX_ITEMS)
     assert sizer.size(40, 2) == 10  # a share of the tail: left / (2 x slots)
     sizer.observe(2, 2.0)  # slow items now: chunks shrink to one
     assert sizer.size(None, 2) == 1
     fast = _ChunkSizer()
     fast.observe(10, 0.0)
-    assert fast.size(10**9, 1) == client_module.CHUNK_MAX_ITEMS  # a bounded message
+    assert fast.size(10**9, 1) == driver.CHUNK_MAX_ITEMS  # a bounded message

@@ -1,5 +1,5 @@
-"""Unit tests of the wire format (`lucidity.protocol`) and of membership by
-heartbeat (`lucidity._liveness`, driven by a fake clock)."""
+"""Unit tests of the wire format (`lucidity.cluster.wire.protocol`) and of membership by
+heartbeat (`lucidity.cluster._liveness`, driven by a fake clock)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lucidity import protocol as p
-from lucidity._liveness import Membership
+from lucidity.cluster._liveness import Membership
+from lucidity.cluster.wire import protocol as p
 
 # ---- headers ------------------------------------------------------------------
 

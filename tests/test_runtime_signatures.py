@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from lucidity import _stubs
-from lucidity import protocol as p
-from lucidity.client import get_client
+from lucidity.cluster.client import get_client
+from lucidity.cluster.wire import protocol as p
 
 WAIT_S = 30.0
 

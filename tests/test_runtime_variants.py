@@ -16,7 +16,7 @@ import pytest
 
 import lucidity
 from lucidity import _stubs
-from lucidity.client import get_client
+from lucidity.cluster.client import get_client
 from lucidity.errors import RemoteTraceback, WorkerLostError
 
 WAIT_S = 20.0
@@ -103,9 +103,9 @@ def test_random_fanout_places_at_random(
 ) -> None:
     # One item per message, or chunking alone would break the alternation of
     # a strict round-robin: each item's node is then a placement of its own.
-    from lucidity import client as client_module
+    from lucidity import fanout as driver
 
-    monkeypatch.setattr(client_module, "CHUNK_MIN_ITEMS", 10**9)
+    monkeypatch.setattr(driver, "CHUNK_MIN_ITEMS", 10**9)
     client = get_client()
     sizes: list[int] = []
     real = client.submit

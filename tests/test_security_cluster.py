@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import zmq
 
-from lucidity import protocol as p
 from lucidity._options import validate_options
-from lucidity.client import Client
+from lucidity.cluster.client import Client
+from lucidity.cluster.security import Keys, add_member, keygen, load_keys, secure_client
+from lucidity.cluster.wire import protocol as p
 from lucidity.errors import AuthenticationError
-from lucidity.security import Keys, add_member, keygen, load_keys, secure_client
 
 TARGET = "secapp.jobs:square"
 OPTIONS = validate_options({})
@@ -276,8 +276,8 @@ def test_status_with_keys(cluster: tuple[Any, Any], keys_dir: Path) -> None:
 def test_open_bind_without_keys_is_refused(daemon: str) -> None:
     # Through the API (no keys, not insecure); the command line always has
     # keys unless --insecure (see the keys-by-default tests).
-    from lucidity.control import ControlDaemon
-    from lucidity.node import NodeDaemon
+    from lucidity.cluster.control import ControlDaemon
+    from lucidity.cluster.node.daemon import NodeDaemon
 
     with pytest.raises(SystemExit, match="refusing to listen on tcp://0.0.0.0"):
         if daemon == "control":
@@ -351,7 +351,7 @@ def _unix_connect(path: str) -> Callable[[], None]:
 def test_embedded_cluster_is_private(app_dir: Path, monkeypatch: Any) -> None:
     """The embedded daemons listen only on ipc sockets in a 0700 folder, and
     its own process uses them (what other users can do: the test below)."""
-    from lucidity.embedded import start_embedded
+    from lucidity.cluster.embedded import start_embedded
 
     monkeypatch.syspath_prepend(str(app_dir))
     monkeypatch.delenv("LUCIDITY_KEYS", raising=False)
@@ -382,7 +382,7 @@ def test_embedded_cluster_makes_and_needs_no_keys(
     """No cluster configured: the embedded one runs without keys (private by
     its folder), and nothing of this user's keys folder is made or read."""
     import lucidity
-    from lucidity.client import get_client
+    from lucidity.cluster.client import get_client
 
     config, _ = own_config
     try:
@@ -400,7 +400,7 @@ def test_embedded_cluster_refuses_other_users(app_dir: Path, monkeypatch: Any) -
     """As `nobody`, connecting to the embedded daemons' sockets is refused,
     while the same connect to a socket others may use succeeds (so "refused"
     means the folder, not a broken probe)."""
-    from lucidity.embedded import start_embedded
+    from lucidity.cluster.embedded import start_embedded
 
     _need_root()
     open_dir = tempfile.mkdtemp(prefix="lucidity-open-")
@@ -472,7 +472,7 @@ def test_hand_started_cluster_is_closed_by_default(
     own_config: tuple[Path, Any], client_for: Any
 ) -> None:
     import lucidity
-    from lucidity.client import get_client
+    from lucidity.cluster.client import get_client
 
     config, start = own_config
     control = start("control", "--bind", "tcp://127.0.0.1:*")
@@ -502,7 +502,7 @@ def test_hand_started_cluster_is_closed_by_default(
     "ignore:This process .* is multi-threaded:DeprecationWarning"
 )
 def test_other_users_cannot_read_this_users_keys(own_config: tuple[Path, Any]) -> None:
-    from lucidity.security import default_keys
+    from lucidity.cluster.security import default_keys
 
     _need_root()
     config, _ = own_config
@@ -517,7 +517,7 @@ def test_default_keys_made_once_by_racing_processes(
     own_config: tuple[Path, Any],
 ) -> None:
     code = (
-        "from lucidity.security import default_keys; "
+        "from lucidity.cluster.security import default_keys; "
         "print(default_keys(server=True).server_public.decode())"
     )
     procs = [
@@ -537,7 +537,7 @@ def test_insecure_runs_open_with_a_warning(
     own_config: tuple[Path, Any], client_for: Any
 ) -> None:
     import lucidity
-    from lucidity.client import get_client
+    from lucidity.cluster.client import get_client
 
     config, start = own_config
     control = start("control", "--bind", "tcp://127.0.0.1:*", "--insecure")
@@ -547,7 +547,7 @@ def test_insecure_runs_open_with_a_warning(
         assert "WITHOUT KEYS" in daemon.log_text()
     assert not (config / "lucidity").exists()  # no keys were made or used
     # This user's keys against an open cluster: a clear error, not a hang.
-    from lucidity.security import default_keys
+    from lucidity.cluster.security import default_keys
 
     error = _refused(Client(control.endpoint, keys=default_keys()))
     assert "LUCIDITY_INSECURE=1" in str(error)
@@ -657,13 +657,13 @@ def test_heartbeat_workers_are_bounded(spawn: Any, keys_dir: Path) -> None:
     too_many = _cli("node", "--standalone", "--workers", str(MAX_NODE_WORKERS + 1))
     assert too_many.returncode == 2
     assert f"must be <= {MAX_NODE_WORKERS}" in too_many.stderr
-    from lucidity import security
+    from lucidity.cluster import security
 
     assert security.MAX_NODE_WORKERS == MAX_NODE_WORKERS
 
 
 def test_fanout_window_ignores_an_inflated_workers_claim() -> None:
-    from lucidity.client import _worker_slots
+    from lucidity.cluster.client.membership import _worker_slots
 
     assert _worker_slots({"workers": 10**9}) == MAX_NODE_WORKERS
     assert _worker_slots({"workers": "lots"}) == 1

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from lucidity.errors import KeysError
-from lucidity.security import (
+from lucidity.cluster.security import (
     add_member,
     check_bind,
     is_loopback,
     keygen,
     load_keys,
 )
+from lucidity.errors import KeysError
 
 
 def _mode(path: Path) -> int:

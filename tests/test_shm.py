@@ -1,4 +1,4 @@
-"""Same-host shared memory for large buffers (lucidity._shm, issue #5).
+"""Same-host shared memory for large buffers (lucidity.cluster.wire._shm, issue #5).
 
 Units, on a private root folder in tmp: descriptors off the wire are
 validated (no path leaves its directory), /dev/shm missing or full falls back
@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 
 import lucidity
-from lucidity import _shm
-from lucidity import protocol as p
-from lucidity.client import get_client
+from lucidity.cluster.client import get_client
+from lucidity.cluster.wire import _shm
+from lucidity.cluster.wire import protocol as p
 
 MIB = 1 << 20
 WAIT_S = 20.0
@@ -42,11 +42,11 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private stand-in for /dev/shm, and no node folder known yet."""
     path = tmp_path / "shm"
     path.mkdir()
-    monkeypatch.setattr(_shm, "SHM_ROOT", str(path))
-    monkeypatch.setattr(_shm, "_node_dir", _shm._UNKNOWN)
+    monkeypatch.setattr(_shm.folders, "SHM_ROOT", str(path))
+    monkeypatch.setattr(_shm.folders, "_node_dir", _shm.folders._UNKNOWN)
     monkeypatch.delenv(_shm.NODE_DIR_ENV, raising=False)
     yield path
-    for made in [d for d in _shm._locks if d.startswith(str(path))]:
+    for made in [d for d in _shm.folders._locks if d.startswith(str(path))]:
         _shm.remove_dir(made)  # and its lock
 
 
@@ -312,7 +312,7 @@ def test_no_reply_through_shm_unless_asked_and_the_node_has_a_folder(
     frames, _ = _send(b"small", _dir())
     # A worker of a node without a shared-memory folder answers in frames.
     assert p.loads_request(frames, reply=True)[1] is None
-    monkeypatch.setattr(_shm, "_node_dir", _shm._UNKNOWN)
+    monkeypatch.setattr(_shm.folders, "_node_dir", _shm.folders._UNKNOWN)
     monkeypatch.setenv(_shm.NODE_DIR_ENV, _dir("n"))
     assert p.loads_request(frames, reply=False)[1] is None
     assert p.loads_request(frames, reply=True)[1] is not None
@@ -335,7 +335,7 @@ def test_discard_unlinks_results_but_never_the_callers_own_files(root: Path) -> 
 def test_no_shm_folder_means_frames(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_shm, "SHM_ROOT", str(tmp_path / "missing"))
+    monkeypatch.setattr(_shm.folders, "SHM_ROOT", str(tmp_path / "missing"))
     assert _shm.make_dir("c", "1") is None
     own = _shm.OwnFiles("1", None)
     out = _shm.Outbound(own.directory, "a")
@@ -353,7 +353,7 @@ def test_a_full_shm_means_frames_and_no_partial_file(
         os.write(fd, data[: len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(_shm, "_write_all", half_then_full)
+    monkeypatch.setattr(_shm.descriptors, "_write_all", half_then_full)
     directory = _dir()
     data = bytearray(os.urandom(2 * MIB))
     frames, written = _send(PickleBuffer(data), directory)
@@ -374,7 +374,7 @@ def test_own_files_are_released_and_the_folder_removed(root: Path) -> None:
 
 def test_folders_of_killed_processes_are_swept_and_live_ones_kept(root: Path) -> None:
     code = (
-        "import time; from lucidity import _shm; "
+        "import time; from lucidity.cluster.wire import _shm; "
         "print(_shm.make_dir('c', '99'), flush=True); time.sleep(60)"
     )
     env = {**os.environ, _shm.ROOT_ENV: str(root)}
@@ -506,7 +506,8 @@ def test_a_job_in_shared_memory_is_placed_only_on_this_host(
 def test_nodes_without_shm_get_frames(rt_daemons: Any, tmp_path: Path) -> None:
     """Without shared memory, 24 MiB arguments and results go as frames: more
     than the node's link to its worker takes at once, so the node sends the
-    rest as the worker drains it (`lucidity._link`, never blocking on it)."""
+    rest as the worker drains it (`lucidity.cluster.wire._link`, never blocking on it).
+    """
     from lucidity_rtapp.buffers_jobs import fill_remote_async, inspect_remote_async
 
     rt_daemons.env = {**rt_daemons.env, _shm.ROOT_ENV: str(tmp_path / "no-shm")}

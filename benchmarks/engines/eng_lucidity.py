@@ -24,7 +24,7 @@ class Engine:
 
         self.jobs = bench_jobs
         assert bench_jobs.square_remote(3) == 9  # starts the embedded cluster
-        from lucidity.client import get_client
+        from lucidity.cluster.client import get_client
 
         nodes = get_client().nodes(timeout=10)
         self.notes = [f"nodes seen by the client: {len(nodes)}"]

@@ -22,7 +22,7 @@ from lucidity.handle import Job
 
 def _callable(target: Target) -> Callable[..., Any]:
     if isinstance(target, str):
-        from lucidity.worker import resolve
+        from lucidity.cluster.node.worker import resolve
 
         return resolve(target)
     return target
@@ -108,14 +108,17 @@ class ThreadEngine:
         self,
         target: Target,
         options: JobOptions,
-        items: Sequence[tuple[Any, ...]],
+        items: Sequence[Any],
         kwargs: Mapping[str, Any] | None = None,
         *,
         node: str | None = None,
+        single: bool = False,
     ) -> Future[BatchResult]:
         self.batches.append(len(items))
         fn = _callable(target)
         kw = dict(kwargs or {})
+        if single:
+            items = [(item,) for item in items]
 
         def batch() -> BatchResult:
             started = time.perf_counter()
@@ -142,3 +145,26 @@ class ThreadEngine:
         if self.gate is not None:
             self.gate.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- as an engine module of `lucidity.engine.ENGINES` ------------------------
+
+_engine: ThreadEngine | None = None
+
+
+def connect(address: str | None, keys: Any = None, *, insecure: bool = False) -> None:
+    shutdown()
+
+
+def get_engine() -> ThreadEngine:
+    global _engine
+    if _engine is None:
+        _engine = ThreadEngine()
+    return _engine
+
+
+def shutdown() -> None:
+    global _engine
+    engine, _engine = _engine, None
+    if engine is not None:
+        engine.close()

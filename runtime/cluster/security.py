@@ -518,7 +518,7 @@ class Guard:
     def refuse(self, sock: zmq.Socket[Any], ident: bytes, frame: zmq.Frame) -> None:
         """Answer a revoked member's job with an error rather than silence, so
         its caller fails at once instead of waiting forever."""
-        from lucidity import protocol as p
+        from lucidity.cluster.wire import protocol as p
 
         try:
             msg = p.decode(frame.buffer)

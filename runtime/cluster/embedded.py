@@ -15,7 +15,7 @@ about 365 to 250 us, nested throughput rose about 25% and fanout about 20%
 Only this process tree can use it: the daemons listen on ipc sockets in a
 private (0700) temporary folder, so another local user cannot even connect,
 let alone submit jobs. The folder is held like the shared-memory ones
-(`lucidity._shm.make_socket_dir`): one left by an app that was SIGKILLed, or
+(`lucidity.cluster.wire._shm.make_socket_dir`): one left by an app that was SIGKILLed, or
 by a fork child that `os._exit`ed, is removed when the next cluster starts.
 That is as private as CURVE on loopback TCP, without its cost: keys made a
 `_remote` round trip about 50 us (22%) slower (benchmarks/curve_cost.py). So
@@ -34,10 +34,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from lucidity import _shm
-from lucidity._cpus import available, format_cpus, split
+from lucidity.cluster._cpus import available, format_cpus, split
+from lucidity.cluster.security import KEYS_ENV
+from lucidity.cluster.wire import _shm
 from lucidity.errors import ClusterError
-from lucidity.security import KEYS_ENV
 
 __all__ = ["DaemonProcess", "LocalCluster", "start_embedded", "start_private_node"]
 

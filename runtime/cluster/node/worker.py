@@ -1,7 +1,7 @@
 """A worker process: runs one job at a time for its node.
 
-Started by the node ahead of time (`python -m lucidity.worker FD`, FD its end
-of a socketpair with the node: `lucidity._link`), it says READY and runs each
+Started by the node ahead of time (`python -m lucidity.cluster.node.worker FD`, FD its end
+of a socketpair with the node: `lucidity.cluster.wire._link`), it says READY and runs each
 RUN it is given: import the job by reference, unpickle the arguments, call,
 pickle the result or the error. It is also a client (nested jobs), and
 tells its node when user code blocks on a child job so the node can lend its
@@ -16,8 +16,6 @@ import importlib
 import io
 import logging
 import os
-import resource
-import signal
 import socket
 import sys
 import threading
@@ -26,9 +24,9 @@ from collections.abc import Callable, Coroutine
 from types import CoroutineType
 from typing import Any
 
-from lucidity import _link, _shm
-from lucidity import protocol as p
-from lucidity.errors import FuelExhaustedError, MemoryLimitError
+from lucidity.cluster.node.limits import NO_LIMITS, Limits
+from lucidity.cluster.wire import _link, _shm
+from lucidity.cluster.wire import protocol as p
 from lucidity.handle import set_blocking_hooks, set_job_depth
 
 __all__ = ["main", "resolve"]
@@ -38,8 +36,6 @@ log = logging.getLogger(__name__)
 _cache: dict[str, Callable[..., Any]] = {}
 _bundle_paths: list[str] = []
 _SHIPS_ONLY = "lucidity ships only the job's own package"
-# One unit of `fuel` is 100 ms of CPU time.
-FUEL_UNIT_S = 0.1
 
 
 def resolve(target: str) -> Callable[..., Any]:
@@ -96,82 +92,7 @@ class _Blocking:
                 _link.send(self.sock, [_UNBLOCKED])
 
 
-def _proc_status_kb(*fields: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            name, _, value = line.partition(":")
-            if name in fields:
-                out[name] = int(value.split()[0])
-    return out
-
-
-class _Limits:
-    """A job's `memory` and `fuel`, enforced by the kernel, not by polling.
-
-    fuel: an ITIMER_PROF timer fires SIGPROF when the process has used that
-    much CPU time; the handler raises in the job's thread.
-    memory: RLIMIT_DATA caps the growth of private memory so that the process's
-    anonymous resident memory cannot pass the limit; malloc fails, Python raises
-    MemoryError. Address space the process had already reserved (libraries,
-    thread stacks) is not counted against the job.
-    """
-
-    def __init__(self, target: str, memory: int | None, fuel: int | None) -> None:
-        self.target = target
-        self.memory = memory
-        self.fuel = fuel
-        self.hit: BaseException | None = None
-
-    def __enter__(self) -> _Limits:
-        if self.fuel is not None:
-            signal.signal(signal.SIGPROF, self._out_of_fuel)
-            signal.setitimer(signal.ITIMER_PROF, self.fuel * FUEL_UNIT_S)
-        if self.memory is not None:
-            kb = _proc_status_kb("VmData", "RssAnon")
-            allowed = kb["VmData"] * 1024 + self.memory - kb["RssAnon"] * 1024
-            _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-            resource.setrlimit(resource.RLIMIT_DATA, (allowed, hard))
-        return self
-
-    def rearm(self) -> None:
-        """Give the next item of a batch its own full fuel budget."""
-        if self.fuel is not None:
-            self.hit = None
-            signal.setitimer(signal.ITIMER_PROF, self.fuel * FUEL_UNIT_S)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fuel is not None:
-            signal.setitimer(signal.ITIMER_PROF, 0)
-        if self.memory is not None:
-            _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-            resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
-
-    def _out_of_fuel(self, signum: int, frame: object) -> None:
-        assert self.fuel is not None
-        self.hit = FuelExhaustedError(
-            f"job {self.target} used up its fuel of {self.fuel} "
-            f"({self.fuel * FUEL_UNIT_S:.1f} s of CPU time)"
-        )
-        raise self.hit
-
-    def translate(self, exc: BaseException) -> BaseException | None:
-        """The limit error `exc` stands for, if it came from a limit."""
-        if self.hit is not None:
-            return self.hit
-        if self.memory is not None and isinstance(exc, MemoryError):
-            return MemoryLimitError(
-                f"job {self.target} went past its memory limit of {self.memory} "
-                f"bytes ({self.memory / 2**20:.0f} MiB)"
-            )
-        return None
-
-
-# A job without `memory` or `fuel`: nothing to arm, and nothing to translate.
-_NO_LIMITS = _Limits("", None, None)
-
-
-def _failure(exc: BaseException, limits: _Limits) -> tuple[list[Any], bool]:
+def _failure(exc: BaseException, limits: Limits) -> tuple[list[Any], bool]:
     """The error payload of a failed job, and whether this worker must retire."""
     hit = limits.translate(exc)
     if hit is not None:
@@ -199,7 +120,7 @@ def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], b
         importlib.invalidate_caches()
     memory, fuel = header.get("memory"), header.get("fuel")
     limits = (
-        _NO_LIMITS if memory is None and fuel is None else _Limits(target, memory, fuel)
+        NO_LIMITS if memory is None and fuel is None else Limits(target, memory, fuel)
     )
     set_job_depth(int(header.get("depth", 0)))
     try:
@@ -213,7 +134,7 @@ def _run(header: dict[str, Any], payload: list[Any]) -> tuple[bool, list[Any], b
         batch = header.get("batch")
         if batch is not None:
             return _run_batch(func, args, kwargs, batch == "single", limits, reply)
-        if limits is _NO_LIMITS:
+        if limits is NO_LIMITS:
             result = func(*args, **kwargs)  # nothing to arm (most jobs)
             if type(result) is CoroutineType:
                 result = _complete(result)
@@ -242,7 +163,7 @@ def _run_batch(
     items: list[Any],
     kwargs: dict[str, Any],
     single: bool,
-    limits: _Limits,
+    limits: Limits,
     reply: _shm.Outbound | None,
 ) -> tuple[bool, list[Any], bool]:
     """Run a fanout chunk, item after item, stopping at the first failure.

@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from lucidity._loop import EventLoop
+from lucidity.cluster.wire._loop import EventLoop
 
 __all__ = ["bind", "install_stop", "announce", "watch_parent"]
 

@@ -5,7 +5,7 @@ two magic bytes, the protocol version, the message type, then a small JSON
 object (a fixed, non-executable encoding). Frames after the header are the
 payload: a pickle (protocol 5) followed by its out-of-band buffers, one frame
 each. Between processes of one host, large buffers go through shared memory
-instead (`lucidity._shm`): the payload then starts with a manifest frame and
+instead (`lucidity.cluster.wire._shm`): the payload then starts with a manifest frame and
 those buffers' frames are descriptors. Daemons route payload frames as opaque
 bytes and never unpickle them; only clients and workers, which run user code
 anyway, do.
@@ -16,15 +16,17 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
 import pickle
 import re
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeAlias
 
-from lucidity import _shm
+from lucidity.cluster.wire import _shm
 
 __all__ = [
+    "FORWARD_ENV",
     "MAGIC",
     "MAX_HEADER_BYTES",
     "VERSION",
@@ -38,6 +40,7 @@ __all__ = [
     "dumps_error",
     "dumps_payload",
     "encode",
+    "forwarding",
     "loads_payload",
     "loads_request",
 ]
@@ -48,6 +51,18 @@ MAGIC = b"LU"
 VERSION = 1
 # Headers are small: a job id, a target name, options. Anything bigger is garbage.
 MAX_HEADER_BYTES = 64 * 1024
+
+# Job output (OUTPUT messages) goes to its caller unless this is "0", read by
+# both ends: such a client asks for none (SUBMIT's `quiet`), such a node sends
+# none.
+FORWARD_ENV = "LUCIDITY_FORWARD_OUTPUT"
+
+
+def forwarding() -> bool:
+    """Whether job output goes to its caller (the default), not the node's log."""
+    return os.environ.get(FORWARD_ENV, "1").strip() != "0"
+
+
 # The target of a pickled callable (Executor, joblib): "<pickled>:MODULE:NAME",
 # for logs and code shipping; the callable travels ahead of its arguments.
 PICKLED_TARGET = "<pickled>"
@@ -70,7 +85,7 @@ class MsgType(enum.IntEnum):
     # node -> client: send me this bundle; client -> node: here it is
     FETCH = 15
     BUNDLE = 16
-    # node -> client: lines a job wrote to stdout/stderr (lucidity.output)
+    # node -> client: lines a job wrote to stdout/stderr (lucidity.cluster.node.output)
     OUTPUT = 17
     # worker <-> node
     READY = 20

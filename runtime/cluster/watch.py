@@ -18,8 +18,8 @@ from typing import Any, TextIO
 
 import zmq
 
-from lucidity import protocol as p
-from lucidity import security as sec
+from lucidity.cluster import security as sec
+from lucidity.cluster.wire import protocol as p
 from lucidity.errors import AuthenticationError
 
 __all__ = ["RATE_WINDOW_S", "Asker", "Rates", "render", "rss_bytes", "watch"]

@@ -28,25 +28,22 @@ from typing import Any
 
 import zmq
 
-from lucidity import protocol as p
-from lucidity._loop import NOBLOCK, EventLoop, send_frames
+from lucidity.cluster.wire import protocol as p
+from lucidity.cluster.wire._loop import NOBLOCK, EventLoop, send_frames
+
+# Shared with the client, so defined on the wire; named here as before.
+from lucidity.cluster.wire.protocol import FORWARD_ENV, forwarding
 from lucidity.printer import Printer
 from lucidity.printer import prefix as _prefix
 
 __all__ = ["FORWARD_ENV", "NodeOutput", "WorkerPipes", "forwarding"]
 
-FORWARD_ENV = "LUCIDITY_FORWARD_OUTPUT"
 # One read of a pipe: up to this much (one OUTPUT message at most).
 READ_BYTES = 64 * 1024
 # Reads of one pipe at a job's end, at most.
 _DRAIN_READS = 16
 # A line longer than this is passed on in pieces of this size.
 MAX_LINE = 16 * 1024
-
-
-def forwarding() -> bool:
-    """Whether job output goes to its caller (the default), not the node's log."""
-    return os.environ.get(FORWARD_ENV, "1").strip() != "0"
 
 
 class _Stream:

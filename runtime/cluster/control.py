@@ -14,17 +14,17 @@ from typing import Any
 
 import zmq
 
-from lucidity import protocol as p
-from lucidity._daemon import announce, bind, install_stop, watch_parent
-from lucidity._liveness import Membership
-from lucidity._loop import EventLoop, messages
-from lucidity.security import (
+from lucidity.cluster._daemon import announce, bind, install_stop, watch_parent
+from lucidity.cluster._liveness import Membership
+from lucidity.cluster.security import (
     DEFAULT_MAX_MESSAGE_MB,
     MAX_NODE_WORKERS,
     Guard,
     Keys,
     check_bind,
 )
+from lucidity.cluster.wire import protocol as p
+from lucidity.cluster.wire._loop import EventLoop, messages
 
 __all__ = ["ControlDaemon", "DEFAULT_CONTROL_PORT"]
 
@@ -114,7 +114,7 @@ class ControlDaemon:
             "done": int(header.get("done", 0)),
             "mem": int(header.get("mem", 0)),
         }
-        # Same-host shared memory (see lucidity._shm): the node's boot id and
+        # Same-host shared memory (see lucidity.cluster.wire._shm): the node's boot id and
         # directory, passed on to clients, which check both before use.
         max_mb = header.get("max_mb")
         if type(max_mb) is int and max_mb > 0:
