@@ -294,11 +294,12 @@ def _security(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from lucidity.cluster.security import default_keys, load_keys
+    from lucidity.cluster.security import Keys, default_keys, load_keys
     from lucidity.cluster.watch import Asker, watch
     from lucidity.errors import AuthenticationError
 
     # The same keys as `status` (and the daemons) by default: this user's own.
+    keys: Keys | None
     if args.keys:
         keys = load_keys(args.keys)
     else:
