@@ -11,7 +11,7 @@ What lives where:
   (`protocol`), the node-worker socketpair (`_link`), the event loop (`_loop`)
   and same-host shared memory (`_shm/`).
 - `control.py` (the membership daemon), `embedded.py` (a private cluster in
-  this process's children), `security.py` (CURVE keys and membership),
+  this process's children), `security/` (CURVE keys and membership),
   `watch.py` (`lucidity status --watch`), and the daemons' shared helpers
   (`_daemon`, `_cpus`, `_liveness`).
 
