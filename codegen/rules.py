@@ -39,6 +39,7 @@ __all__ = [
 OUTPUT_MODULES = (
     "collect.py",
     "imports.py",
+    "layout.py",
     "literals.py",
     "marks.py",
     "model.py",
