@@ -159,6 +159,22 @@ def canonical(text: str, param: bool = False) -> str | None:
     return "".join(out)
 
 
+_STRINGS = re.compile(r"\"[^\"]*\"|'[^']*'")
+
+
+def _counted_commas(param: str) -> bool:
+    """Whether black sees a comma in a lone parameter, so adds none after it.
+
+    Black ignores the commas of an annotation, but does not take the one of
+    `*args: T` for an annotation; a default's commas always count.
+    """
+    bare = _STRINGS.sub('""', param)
+    annotation, _, default = bare.partition(" = ")
+    if "," in default:
+        return True
+    return "," in annotation and param.startswith("*") and not param.startswith("**")
+
+
 def _docstring_ok(text: str) -> bool:
     # Black re-indents and strips a docstring; ours is already so, unless
     # the text brings tabs, escapes, non-ASCII (width) or a closing quote.
@@ -197,8 +213,11 @@ class Layout:
         if len(head) > LINE_LENGTH or len(tail) > LINE_LENGTH:
             return MARK + raw
         body = INDENT + ", ".join(laid)
-        if len(laid) > 1 and len(body) <= LINE_LENGTH:
+        alone = len(laid) == 1 and not _counted_commas(laid[0])
+        if not alone and len(body) <= LINE_LENGTH:
             return f"{head}\n{body}\n{tail}"
+        if len(laid) == 1 and not alone:
+            return MARK + raw
         lines = [f"{INDENT}{p}," for p in laid]
         if any(len(line) > LINE_LENGTH for line in lines):
             return MARK + raw
@@ -214,7 +233,12 @@ class Layout:
         laid = [canonical(a) for a in args]
         if None in laid or canonical(callee) is None or not args:
             return MARK + raw
-        if lead and lead != "return " and canonical(lead[:-3], param=True) is None:
+        if lead.endswith(" = "):
+            target = canonical(lead[:-3], param=True)
+            if target is None:
+                return MARK + raw
+            lead = f"{target} = "
+        elif lead not in ("", "return "):
             return MARK + raw
         parts = [a for a in laid if a is not None]
         pad = " " * indent

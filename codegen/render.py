@@ -61,7 +61,9 @@ def render(module: GeneratedModule, prove: bool = True) -> str:
     )
     if prove:
         if not _header_ok(header):
-            header = format_code(header)
+            # Black ends a module with one newline; the body follows a blank line.
+            ending = header[len(header.rstrip("\n")) :]
+            header = format_code(header).rstrip("\n") + ending
         text = layout.finish(header + body, format_code)
     else:
         text = format_code(layout.plain(header + body))
