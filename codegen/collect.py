@@ -41,6 +41,7 @@ from lucidity.codegen.marks import (
     statements,
 )
 from lucidity.codegen.model import GeneratedModule, JobSpec, Param, ParamKind
+from lucidity.codegen.skim import skim
 from lucidity.codegen.yields import Yields, first_yield
 
 __all__ = ["JOB_QUALIFIED_NAME", "Collected", "collect"]
@@ -70,15 +71,20 @@ def collect(
     `source_path` is the file relative to its package root (for the header);
     `regenerate_command` is the command line the header tells readers to run.
     """
+    skimmed = skim(source)
     try:
-        tree = cst.parse_module(source)
+        tree = cst.parse_module(source if skimmed is None else skimmed.source)
     except cst.ParserSyntaxError as exc:
         return Collected(None, (_syntax_error(source, path, exc),))
     except (UnicodeDecodeError, SyntaxError) as exc:  # bad bytes or coding cookie
         message = f"cannot decode: {exc}; save the file as UTF-8 (or fix its coding)"
         return Collected(None, (SourceError(path, 1, 1, message),))
     text = source.decode(tree.encoding, errors="replace")
-    finder = _JobFinder(path, direct_call_pattern(text), Yields(source, text))
+    if skimmed is None:
+        yields = Yields(source, text)
+    else:
+        yields = Yields(source, text, skimmed.tree, skimmed.elided)
+    finder = _JobFinder(path, direct_call_pattern(text), yields)
     finder.walk(tree.body, Marks(set(), set()), None)
     positions = _Positions(tree)
     errors = [positions.error(path, node, message) for node, message in finder.errors]
