@@ -51,6 +51,18 @@ _KEYWORDS = frozenset(
 )
 
 
+class _Bracket:
+    """An open bracket: which, whether a call's or a subscript's, and the
+    commas seen at its level."""
+
+    __slots__ = ("commas", "opener", "subscript")
+
+    def __init__(self, opener: str, subscript: bool) -> None:
+        self.opener = opener
+        self.subscript = subscript
+        self.commas = 0
+
+
 def canonical(text: str, param: bool = False) -> str | None:
     """`text` (one parameter, argument or annotation) as black writes it, or
     None when that is not certain here.
@@ -65,8 +77,7 @@ def canonical(text: str, param: bool = False) -> str | None:
     if not text.isascii():
         return None
     out: list[str] = []
-    # Open brackets: [opener, is_call_or_subscript, commas at its level].
-    stack: list[list[object]] = []
+    stack: list[_Bracket] = []  # the brackets open at this point
     prev: str | None = None  # the previous token (its text; an atom's kind)
     pos = 0
     while pos < len(text):
@@ -95,20 +106,21 @@ def canonical(text: str, param: bool = False) -> str | None:
                 return None
             if token == "(" and prev is not None and prev in _CLOSE:
                 return None  # a call of a call: fine for black, not ours
-            stack.append([token, subscript, 0])
+            stack.append(_Bracket(token, subscript))
         elif token in _CLOSE:
-            if not stack or _OPEN[str(stack[-1][0])] != token:
+            if not stack or _OPEN[stack[-1].opener] != token:
                 return None
-            opener, subscript, commas = stack.pop()
+            bracket = stack.pop()
+            tuple_like = bracket.opener == "(" and not bracket.subscript
             if prev == ",":
                 # Only a one-tuple's comma is not magic.
-                if opener != "(" or subscript or commas != 1:
+                if not tuple_like or bracket.commas != 1:
                     return None
-            elif opener == "(" and not subscript and prev != "(" and commas == 0:
+            elif tuple_like and prev != "(" and bracket.commas == 0:
                 return None  # redundant parentheses: black may drop them
         elif token in (",", ", "):
             if stack:
-                stack[-1][2] = int(str(stack[-1][2])) + 1
+                stack[-1].commas += 1
             if prev is None or prev in ("(", "[", "{", ",", ", "):
                 return None
             if token == "," and text[pos : pos + 1] not in _CLOSE:
@@ -117,7 +129,7 @@ def canonical(text: str, param: bool = False) -> str | None:
                 return None
         elif token == ": ":
             # A parameter's annotation, or a dict display's value.
-            if not (depth_top and param) and not (stack and stack[-1][0] == "{"):
+            if not (depth_top and param) and not (stack and stack[-1].opener == "{"):
                 return None
         elif token == " = ":
             if not (depth_top and param):
