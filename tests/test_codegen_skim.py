@@ -75,3 +75,19 @@ def test_collect_answers_as_over_the_whole_source(
     whole = collect(source, name, "m", "m.py", "c")
     assert fast == whole
     assert fast.module is not None or fast.errors
+
+
+def test_a_body_searched_in_libcst_tree_is_read_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Should the yields found by CPython's parser not match the walk, the
+    # generator's body is searched in libcst's tree: not the blanked one.
+    source = (
+        b"from lucidity import job\n\n\n@job\ndef gen(n: int) -> int:\n    yield n\n"
+    )
+    monkeypatch.setattr(collect_module.Yields, "knows", lambda self, i, name: False)
+    errors = [str(e) for e in collect(source, "m.py", "m", "m.py", "c").errors]
+    assert errors == [
+        "m.py:6:5: @job function 'gen' is a generator; jobs must return their "
+        "result: return a list instead of yielding"
+    ]
