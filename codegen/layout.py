@@ -156,7 +156,6 @@ def canonical(text: str, param: bool = False) -> str | None:
         elif token == "...":
             if prev not in _PREFIX_AFTER:
                 return None
-            token = "..."
         elif token == " | ":
             if prev is None or prev not in _ATOM and prev not in _CLOSE:
                 return None
@@ -213,7 +212,7 @@ class Layout:
             return MARK + raw
         params = [canonical(p, param=True) for p in parts]
         ret = canonical(returns)
-        if ret is None or ret.startswith("(") or None in params:
+        if ret is None or ret.startswith("(") or None in params or not name.isascii():
             return MARK + raw
         laid = [p for p in params if p is not None]
         one = f"def {name}({', '.join(laid)}) -> {ret}:"
