@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,6 +87,9 @@ def _function_at(source: str, line: int) -> str | None:
     return None
 
 
+_NAMED = re.compile(r"@job function '(\w+)'")
+
+
 def build(root: str) -> tuple[list[str], int, int]:
     """Lay out the package; returns its sources, jobs marked, and refusals."""
     stdlib = sysconfig.get_paths()["stdlib"]
@@ -111,8 +115,14 @@ def build(root: str) -> tuple[list[str], int, int]:
             return sorted(originals), marked, refused
         progress = False
         for error in errors:
-            with open(error.path, encoding="utf-8") as f:
-                name = _function_at(f.read(), error.line)
+            # An error names its job, or (a refusal) points into its def; a
+            # job replaced by a later statement is pointed at that statement.
+            named = _NAMED.match(error.message)
+            if named is not None:
+                name: str | None = named.group(1)
+            else:
+                with open(error.path, encoding="utf-8") as f:
+                    name = _function_at(f.read(), error.line)
             if name is not None and name not in skips[error.path]:
                 skips[error.path].add(name)
                 refused += 1

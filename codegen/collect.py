@@ -41,6 +41,7 @@ from lucidity.codegen.marks import (
     statements,
 )
 from lucidity.codegen.model import GeneratedModule, JobSpec, Param, ParamKind
+from lucidity.codegen.skim import skim
 from lucidity.codegen.yields import Yields, first_yield
 
 __all__ = ["JOB_QUALIFIED_NAME", "Collected", "collect"]
@@ -70,16 +71,36 @@ def collect(
     `source_path` is the file relative to its package root (for the header);
     `regenerate_command` is the command line the header tells readers to run.
     """
+    return _collect(source, path, module, source_path, regenerate_command, True)
+
+
+def _collect(
+    source: bytes,
+    path: str,
+    module: str,
+    source_path: str,
+    regenerate_command: str,
+    skimming: bool,
+) -> Collected:
+    skimmed = skim(source) if skimming else None
     try:
-        tree = cst.parse_module(source)
+        tree = cst.parse_module(source if skimmed is None else skimmed.source)
     except cst.ParserSyntaxError as exc:
         return Collected(None, (_syntax_error(source, path, exc),))
     except (UnicodeDecodeError, SyntaxError) as exc:  # bad bytes or coding cookie
         message = f"cannot decode: {exc}; save the file as UTF-8 (or fix its coding)"
         return Collected(None, (SourceError(path, 1, 1, message),))
     text = source.decode(tree.encoding, errors="replace")
-    finder = _JobFinder(path, direct_call_pattern(text), Yields(source, text))
+    if skimmed is None:
+        yields = Yields(source, text)
+    else:
+        yields = Yields(source, text, skimmed.tree, skimmed.elided)
+    finder = _JobFinder(path, direct_call_pattern(text), yields)
     finder.walk(tree.body, Marks(set(), set()), None)
+    if skimmed is not None and finder.searched_bodies:
+        # A job's body was searched for `yield` in libcst's tree, where it
+        # may be blanked: only the whole source can answer.
+        return _collect(source, path, module, source_path, regenerate_command, False)
     positions = _Positions(tree)
     errors = [positions.error(path, node, message) for node, message in finder.errors]
     if not finder.jobs:
@@ -212,6 +233,7 @@ class _JobFinder:
         self.path = path
         # Where the defs' yields are; a def it does not know is searched.
         self._yields = yields
+        self.searched_bodies = False  # a def's body searched for `yield`
         self._defs = 0
         self.jobs: list[_FoundJob] = []
         # (node to point at, message): placed once the walk is over, and
@@ -391,6 +413,7 @@ class _JobFinder:
         if yields is not None and yields.knows(index, name):
             yield_node = yields.first(index)
         else:
+            self.searched_bodies = True
             yield_node = first_yield(node.body)
         if yield_node is not None:
             self._error(

@@ -22,6 +22,7 @@ __all__ = [
     "bound_names",
     "direct_call_pattern",
     "dotted",
+    "marker_names",
     "statements",
 ]
 
@@ -192,7 +193,7 @@ def direct_call_pattern(text: str) -> re.Pattern[str] | None:
     """A pattern of `name(` for every name that may be bound to `job` or to
     the `lucidity` module, on a line that is not a decorator; None when the
     text has no such line (nearly every file)."""
-    jobs, modules = _marker_names(text)
+    jobs, modules = marker_names(text)
     alternatives = [re.escape(n) for n in sorted(jobs)]
     alternatives += [rf"{re.escape(n)}\s*\.\s*job" for n in sorted(modules)]
     if not alternatives:
@@ -207,7 +208,7 @@ _JOB_AS = re.compile(r"\bjob\s+as\s+(\w+)")
 _LUCIDITY_AS = re.compile(r"\blucidity\s+as\s+(\w+)")
 
 
-def _marker_names(text: str) -> tuple[set[str], set[str]]:
+def marker_names(text: str) -> tuple[set[str], set[str]]:
     """Names the text may bind to `lucidity.job`, and to `lucidity` (a
     superset: it only decides whether to look for direct calls)."""
     jobs = {"job", *_JOB_AS.findall(text)}

@@ -134,6 +134,11 @@ class JobSpec:
     @property
     def signature(self) -> str:
         """The job's own parameter list, `/` and `*` included as in the source."""
+        return ", ".join(self.signature_parts)
+
+    @property
+    def signature_parts(self) -> tuple[str, ...]:
+        """`signature`, one parameter (or `/`, `*`) an element."""
         parts: list[str] = []
         for i, param in enumerate(self.params):
             if param.kind is ParamKind.KEYWORD_ONLY and self.var_positional is None:
@@ -146,7 +151,7 @@ class JobSpec:
             )
             if is_last_posonly:
                 parts.append("/")
-        return ", ".join(parts)
+        return tuple(parts)
 
     @property
     def args_tuple(self) -> str:
@@ -174,14 +179,19 @@ class JobSpec:
     @property
     def call_args(self) -> str:
         """What a single-call stub passes after its `JobRef`."""
+        return ", ".join(self.call_parts)
+
+    @property
+    def call_parts(self) -> tuple[str, ...]:
+        """`call_args`, one argument an element."""
         if self.plain:
-            return self.args_tuple
+            return (self.args_tuple,)
         kwargs = self._kwargs_dict(self.keyword_only, self.var_keyword)
         if any(p.sentinel for p in self.params):
             # Arguments left at a sentinel are dropped by the ref, which
             # knows the names of the positional ones.
-            return f"*{self.ref_name}.omit({self.args_tuple}, {kwargs or 'None'})"
-        return f"{self.args_tuple}, {kwargs}" if kwargs else self.args_tuple
+            return (f"*{self.ref_name}.omit({self.args_tuple}, {kwargs or 'None'})",)
+        return (self.args_tuple, kwargs) if kwargs else (self.args_tuple,)
 
     @property
     def fanout_param(self) -> str:
@@ -196,6 +206,11 @@ class JobSpec:
     def fanout_signature(self) -> str:
         """`args_list: Iterable[...]`, then the job's keyword-only parameters
         and `**kwargs`, which apply to every item."""
+        return ", ".join(self.fanout_signature_parts)
+
+    @property
+    def fanout_signature_parts(self) -> tuple[str, ...]:
+        """`fanout_signature`, one parameter (or `/`, `*`) an element."""
         parts = [f"{self.fanout_param}: Iterable[{self.fanout_item_type}]"]
         if self.keyword_only or self.var_keyword is not None:
             # The items by position only: a shared keyword may have any name.
@@ -205,13 +220,18 @@ class JobSpec:
             parts.extend(p.declaration(self.runtime_alias) for p in self.keyword_only)
             if self.var_keyword is not None:
                 parts.append(self.var_keyword.declaration(self.runtime_alias))
-        return ", ".join(parts)
+        return tuple(parts)
 
     @property
     def fanout_args(self) -> str:
         """What the fanout stub passes after its `JobRef`."""
+        return ", ".join(self.fanout_parts)
+
+    @property
+    def fanout_parts(self) -> tuple[str, ...]:
+        """`fanout_args`, one argument an element."""
         kwargs = self._kwargs_dict(self.keyword_only, self.var_keyword)
-        return f"{self.fanout_param}, {kwargs}" if kwargs else self.fanout_param
+        return (self.fanout_param, kwargs) if kwargs else (self.fanout_param,)
 
     @property
     def fanout_item_type(self) -> str:
@@ -245,6 +265,11 @@ class JobSpec:
     @property
     def ref_expression(self) -> str:
         """`_lucidity.JobRef("pkg.mod:f", {"fanout": "random"})`."""
+        return f"{self.runtime_alias}.JobRef({', '.join(self.ref_args)})"
+
+    @property
+    def ref_args(self) -> tuple[str, ...]:
+        """The arguments of `ref_expression`'s call, one an element."""
         args = [f'"{self.target}"']
         if self.options:
             entries = ", ".join(f'"{name}": {value}' for name, value in self.options)
@@ -258,7 +283,7 @@ class JobSpec:
             args.append(f"names=({names})")
             if posonly:
                 args.append(f"posonly={posonly}")
-        return f"{self.runtime_alias}.JobRef({', '.join(args)})"
+        return tuple(args)
 
     @property
     def defaults_note(self) -> str:

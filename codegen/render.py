@@ -1,9 +1,12 @@
-"""Turn the IR into the text of a generated module: jinja2, then black.
+"""Turn the IR into the text of a generated module: jinja2, laid out as black would.
 
 The stub bodies are rendered first and the header (with its imports) after,
-so that the header can one day depend on what the body used; black, with one
-pinned mode, makes the result canonical; `rules.stamp` puts the stamp lines
-(source, rules and output hashes) on top. Same IR in, same bytes out.
+so that the header can one day depend on what the body used. The result is
+black's, with one pinned mode: `layout` splits the long statements as black
+does and leaves to black (one call per module) only what it cannot vouch
+for; a header with a line too long goes to black whole. `rules.stamp` puts
+the stamp lines (source, rules and output hashes) on top. Same IR in, same
+bytes out, with `prove=False` (black over everything) as with `prove=True`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import black
 import jinja2
 from black.mode import Mode, TargetVersion
 
-from lucidity.codegen import rules
+from lucidity.codegen import layout, rules
 from lucidity.codegen.model import GeneratedModule
 
 __all__ = ["BLACK_MODE", "format_code", "render"]
@@ -23,7 +26,7 @@ __all__ = ["BLACK_MODE", "format_code", "render"]
 # pyproject pins black to one calendar year, within which its style is stable.
 BLACK_MODE = Mode(
     target_versions={TargetVersion.PY310},
-    line_length=88,
+    line_length=layout.LINE_LENGTH,
     string_normalization=True,
     is_pyi=False,
     magic_trailing_comma=True,
@@ -43,18 +46,42 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def render(module: GeneratedModule) -> str:
-    """The generated module's source text, black-formatted."""
+def render(module: GeneratedModule, prove: bool = True) -> str:
+    """The generated module's source text, in black's style.
+
+    `prove=False` has black format all of it, the reference the tests hold
+    the default to.
+    """
     env = _environment()
-    body = env.get_template("stubs.py.j2").render(module=module)
+    body = env.get_template("stubs.py.j2").render(
+        module=module, layout=layout.Layout(prove)
+    )
     header = env.get_template("header.py.j2").render(
         module=module, interface=rules.INTERFACE
     )
+    if prove:
+        if not _header_ok(header):
+            # Black ends a module with one newline; the body follows a blank line.
+            ending = header[len(header.rstrip("\n")) :]
+            header = format_code(header).rstrip("\n") + ending
+        text = layout.finish(header + body, format_code)
+    else:
+        text = format_code(layout.plain(header + body))
     return rules.stamp(
         module.source_path,
         module.regenerate_command,
         module.source_hash,
-        format_code(header + body),
+        text,
+    )
+
+
+def _header_ok(header: str) -> bool:
+    # The header's statements are short and spelled as black spells them; only
+    # a long import (or a module name that is not ASCII) needs black. Its first
+    # line is the docstring, which black never splits.
+    _, _, rest = header.partition("\n")
+    return header.isascii() and all(
+        len(line) <= layout.LINE_LENGTH for line in rest.split("\n")
     )
 
 

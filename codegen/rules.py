@@ -39,11 +39,13 @@ __all__ = [
 OUTPUT_MODULES = (
     "collect.py",
     "imports.py",
+    "layout.py",
     "literals.py",
     "marks.py",
     "model.py",
     "render.py",
     "rules.py",
+    "skim.py",
     "yields.py",
 )
 

@@ -45,18 +45,28 @@ class Yields:
     parses many times faster than libcst's tree can be visited; defs are
     numbered in source order, as `_JobFinder` meets them."""
 
-    def __init__(self, source: bytes, text: str) -> None:
+    def __init__(
+        self,
+        source: bytes,
+        text: str,
+        tree: ast.Module | None = None,
+        elided: frozenset[int] = frozenset(),
+    ) -> None:
+        """`tree`: CPython's tree of `source`, if parsed already; `elided`:
+        the id() of its defs and classes whose bodies libcst does not see
+        (`skim`), so that the defs are numbered as the walk meets them."""
         # None: the source has no `yield` at all, so no def is a generator.
         self.defs: list[ast.FunctionDef | ast.AsyncFunctionDef] | None = None
         self.usable = True
         self._lines: list[str] = []
         if b"yield" not in source:
             return
-        try:
-            tree = ast.parse(source)
-        except (SyntaxError, ValueError):
-            self.usable = False  # libcst parsed what CPython cannot
-            return
+        if tree is None:
+            try:
+                tree = ast.parse(source)
+            except (SyntaxError, ValueError):
+                self.usable = False  # libcst parsed what CPython cannot
+                return
         self._lines = text.splitlines()
         # Defs are statements: only statements' blocks need searching for them.
         defs: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
@@ -65,6 +75,8 @@ class Yields:
             for stmt in blocks.pop():
                 if isinstance(stmt, _SCOPES[:2]):
                     defs.append(stmt)
+                if id(stmt) in elided:
+                    continue
                 for name in _BLOCKS:
                     block = getattr(stmt, name, None)
                     if block:
