@@ -7,14 +7,12 @@ here (and below, in the client), never in generated code.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from lucidity._options import JobOptions, validate_options
 from lucidity.handle import Job
-
-if TYPE_CHECKING:
-    from lucidity.client import Client
 
 __all__ = [
     "JobRef",
@@ -28,17 +26,71 @@ __all__ = [
 
 T = TypeVar("T")
 
-_get_client: Callable[[], Client] | None = None
+
+class _Runtime(Protocol):
+    """What the stubs call: the ZeroMQ `Client`, or the `RayEngine`."""
+
+    def submit(
+        self,
+        target: str,
+        options: JobOptions,
+        args: tuple[Any, ...],
+        *,
+        local: bool = ...,
+    ) -> Job[Any]: ...
+
+    def run(
+        self,
+        target: str,
+        options: JobOptions,
+        args: tuple[Any, ...],
+        *,
+        local: bool = ...,
+    ) -> Any: ...
+
+    def fanout(
+        self, target: str, options: JobOptions, items: Iterable[Any], single: bool = ...
+    ) -> list[Any]: ...
 
 
-def _client() -> Client:
+ENGINES = ("zmq", "ray")
+# The engine `lucidity.connect(engine=...)` chose; None: $LUCIDITY_ENGINE.
+_engine: str | None = None
+_get_client: Callable[[], _Runtime] | None = None
+
+
+def engine_name() -> str:
+    """The engine this process uses: "zmq" (lucidity's daemons) or "ray"."""
+    name = _engine or os.environ.get("LUCIDITY_ENGINE") or "zmq"
+    if name not in ENGINES:
+        raise ValueError(
+            f"LUCIDITY_ENGINE={name!r} is not an engine; allowed: "
+            + ", ".join(repr(e) for e in ENGINES)
+        )
+    return name
+
+
+def _client() -> _Runtime:
     # Imported on first use, not with the stubs: a generated module stays
     # cheap to import; and once, not on every call (a hot path).
     global _get_client
     if _get_client is None:
-        from lucidity.client import get_client
+        if engine_name() == "ray":
+            try:
+                from lucidity.ray_engine import get_ray_engine
+            except ModuleNotFoundError as exc:
+                if exc.name != "ray":
+                    raise
+                raise ModuleNotFoundError(
+                    "the Ray engine (LUCIDITY_ENGINE=ray) needs Ray: "
+                    'pip install "lucidity[ray]"',
+                    name="ray",
+                ) from None
+            _get_client = get_ray_engine
+        else:
+            from lucidity.client import get_client
 
-        _get_client = get_client
+            _get_client = get_client
     return _get_client()
 
 

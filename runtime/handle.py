@@ -83,12 +83,17 @@ class Job(Future, Generic[T]):  # type: ignore[type-arg]
         self.job_id = job_id
         self.target = target
         self._cancel_hook: Callable[[Job[T]], None] | None = None
+        # Set by an engine whose waits must go through itself (Ray: a Ray
+        # worker lends its CPU only while it waits in ray.wait/ray.get).
+        self._wait_hook: Callable[[Job[T], float | None], None] | None = None
 
     def __repr__(self) -> str:
         base = super().__repr__()
         return base.replace("Job at", f"Job {self.target} #{self.job_id} at", 1)
 
     def result(self, timeout: float | None = None) -> T:
+        if self._wait_hook is not None and not self.done():
+            self._wait_hook(self, timeout)
         if _blocking_hooks is not None and not self.done():
             with blocking():
                 return super().result(timeout)  # type: ignore[no-any-return]
