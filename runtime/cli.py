@@ -141,6 +141,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--timeout-ms", type=_positive_ms, default=3.0)
     status.add_argument(
+        "--engine",
+        choices=("zmq", "ray"),
+        default=os.environ.get("LUCIDITY_ENGINE") or "zmq",
+        help="ray: print the nodes of the Ray cluster at $RAY_ADDRESS (or the "
+        "local one) instead (default $LUCIDITY_ENGINE or zmq)",
+    )
+    status.add_argument(
         "--keys",
         metavar="DIR",
         default=os.environ.get("LUCIDITY_KEYS") or None,
@@ -289,6 +296,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             **_security(args),
         ).run(parent_fd=0 if args.parent_pipe else None)
         return 0
+    if args.command == "status" and args.engine == "ray":
+        from lucidity.ray_engine import status as _ray_status
+
+        return _ray_status(None)
     if args.command == "status":
         return _status(args.control, args.timeout_ms, args.keys)
     if args.command == "keygen":

@@ -40,33 +40,30 @@ from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-# Ray's switch that keeps 127.0.0.1 as this node's address (else it resolves
-# the machine's network address); read when Ray is first imported.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+import ray
+from ray import exceptions as rex
+from ray._private import ray_constants
+from ray._private.runtime_env import packaging
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-import ray  # noqa: E402
-from ray import exceptions as rex  # noqa: E402
-from ray._private.runtime_env import packaging  # noqa: E402
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
-
-from lucidity import _ray_task  # noqa: E402
-from lucidity._options import JobOptions  # noqa: E402
-from lucidity.bundle import Bundle, build_bundle  # noqa: E402
-from lucidity.client import (  # noqa: E402
+from lucidity import _ray_task
+from lucidity._options import JobOptions
+from lucidity.bundle import Bundle, build_bundle
+from lucidity.client import (
     FANOUT_WINDOW_PER_SLOT,
     MAX_SYSTEM_ATTEMPTS,
     _ChunkSizer,
     _decode_error,
 )
-from lucidity.engine import BatchResult, NodeInfo, Target  # noqa: E402
-from lucidity.errors import (  # noqa: E402
+from lucidity.engine import BatchResult, NodeInfo, Target
+from lucidity.errors import (
     ClusterError,
     JobCancelledError,
     JobTimeoutError,
     LucidityError,
     WorkerLostError,
 )
-from lucidity.handle import Job  # noqa: E402
+from lucidity.handle import Job
 
 __all__ = ["RayEngine", "connect", "get_ray_engine", "shutdown", "status"]
 
@@ -134,6 +131,19 @@ class _Timers:
     def cancel(entry: list[Any] | None) -> None:
         if entry is not None:
             entry[0] = None
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on this thread and return its value (or raise its error)."""
+        done: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # noqa: B036 - the caller's to raise
+                done.set_exception(exc)
+
+        self.call_at(0.0, run)
+        return done.result()
 
     def close(self) -> None:
         with self._cond:
@@ -207,6 +217,16 @@ def _loopback(address: str | None) -> bool:
     return host in LOOPBACK_HOSTS
 
 
+def _keep_on_loopback() -> None:
+    """Keep 127.0.0.1 as Ray's node address: Ray otherwise resolves it to the
+    machine's network address. RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is Ray's
+    switch for that (it also refuses a second node); Ray reads it when it is
+    imported, so this process's copy is set too. A value the user set wins."""
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    value = os.environ.setdefault(name, "0")
+    ray_constants.ENABLE_RAY_CLUSTER = value.lower() in ("1", "true")
+
+
 class RayEngine:
     """lucidity's jobs on a Ray cluster; see the module docstring."""
 
@@ -214,15 +234,22 @@ class RayEngine:
 
     def __init__(self, address: str | None = None) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self._timers = _Timers()
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             kwargs: dict[str, Any] = {"address": self.address}
             if _loopback(self.address):
+                _keep_on_loopback()
                 kwargs["_node_ip_address"] = LOOPBACK_HOSTS[0]
             if self.address is None:
                 kwargs["include_dashboard"] = False
             try:
-                ray.init(**kwargs)
+                if threading.current_thread() is threading.main_thread():
+                    ray.init(**kwargs)
+                else:
+                    # Ray's processes die with the *thread* that started them
+                    # (PR_SET_PDEATHSIG): start them from the engine's own.
+                    self._timers.call(functools.partial(ray.init, **kwargs))
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 where = self.address or "a new local Ray"
                 raise ClusterError(
@@ -252,7 +279,6 @@ class RayEngine:
         self._ids = itertools.count(1)
         self._runs: dict[int, _Run] = {}
         self._lock = threading.Lock()
-        self._timers = _Timers()
         self._pid = os.getpid()
         self._closed = False
 
@@ -650,9 +676,9 @@ class RayEngine:
             runs = list(self._runs.values())
         for run in runs:
             run.job.cancel()
-        self._timers.close()
         if self._owns_ray and os.getpid() == self._pid and not self._in_worker:
             ray.shutdown()
+        self._timers.close()
 
 
 def _upload(bundle: Bundle) -> str:
@@ -700,9 +726,12 @@ def shutdown() -> None:
 
 def status(address: str | None) -> int:
     """`lucidity status` on Ray: print Ray's nodes (connects, never starts one)."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if _loopback(address):
+        _keep_on_loopback()
     try:
         ray.init(
-            address=address or os.environ.get("RAY_ADDRESS") or "auto",
+            address=address or "auto",
             _node_ip_address=LOOPBACK_HOSTS[0] if _loopback(address) else None,
             log_to_driver=False,
             configure_logging=False,
