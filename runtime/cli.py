@@ -232,6 +232,57 @@ def _status(control: str, timeout: float, keys_dir: str | None) -> int:
     return 0
 
 
+def _ray_status() -> int:
+    """`lucidity status --engine ray`: Ray's nodes (connects, never starts one)."""
+    import ray
+
+    from lucidity.ray_engine import (
+        LOOPBACK_HOSTS,
+        RayEngine,
+        _keep_on_loopback,
+        _loopback,
+    )
+
+    address = os.environ.get("RAY_ADDRESS") or None
+    if _loopback(address):
+        _keep_on_loopback()
+    try:
+        ray.init(
+            address=address or "auto",
+            _node_ip_address=LOOPBACK_HOSTS[0] if _loopback(address) else None,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        print(
+            f"lucidity status: cannot reach Ray (RAY_ADDRESS): {exc}", file=sys.stderr
+        )
+        return 1
+    try:
+        engine = RayEngine()
+        nodes = engine.nodes()
+        engine.close()
+    finally:
+        ray.shutdown()
+    rows = [("NODE", "ADDRESS", "HOST", "CPUS", "MEMORY MiB", "HEAD")]
+    for n in nodes:
+        rows.append(
+            (
+                n.id,
+                n.address,
+                str(n.extra.get("hostname", "")),
+                str(n.slots),
+                str(int(n.extra.get("memory", 0)) // 2**20),
+                "yes" if n.extra.get("head") else "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
+    print(f"{len(nodes)} Ray node(s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -297,9 +348,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         ).run(parent_fd=0 if args.parent_pipe else None)
         return 0
     if args.command == "status" and args.engine == "ray":
-        from lucidity.ray_engine import status as _ray_status
-
-        return _ray_status(None)
+        return _ray_status()
     if args.command == "status":
         return _status(args.control, args.timeout_ms, args.keys)
     if args.command == "keygen":

@@ -29,14 +29,12 @@ Importing `lucidity` never imports this module or Ray.
 from __future__ import annotations
 
 import functools
-import heapq
 import itertools
 import os
 import random
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
@@ -48,11 +46,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lucidity import _ray_task
 from lucidity._options import JobOptions
+from lucidity._timers import Timers
 from lucidity.bundle import Bundle, build_bundle
 from lucidity.client import (
-    FANOUT_WINDOW_PER_SLOT,
     MAX_SYSTEM_ATTEMPTS,
-    _ChunkSizer,
     _decode_error,
 )
 from lucidity.engine import BatchResult, NodeInfo, Target
@@ -65,7 +62,7 @@ from lucidity.errors import (
 )
 from lucidity.handle import Job
 
-__all__ = ["RayEngine", "connect", "get_ray_engine", "shutdown", "status"]
+__all__ = ["RayEngine", "connect", "get_ray_engine", "shutdown"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 # The node list is read from Ray's GCS at most this often (placement).
@@ -104,72 +101,6 @@ def ray_error(name: str, exc: BaseException) -> BaseException:
     if isinstance(exc, rex.RayTaskError) and isinstance(exc.cause, BaseException):
         return exc.cause  # e.g. the result did not pickle: the job's own error
     return ClusterError(f"Ray failed job {name}: {type(exc).__name__}: {exc}")
-
-
-class _Timers:
-    """Timeouts and deferred re-runs, on one thread that waits on a condition
-    until the next deadline (never polls)."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, list[Callable[[], None] | None]]] = []
-        self._cond = threading.Condition()
-        self._seq = itertools.count()
-        self._closed = False
-        self._thread = threading.Thread(
-            target=self._run, daemon=True, name="ray-timers"
-        )
-        self._thread.start()
-
-    def call_at(self, when: float, fn: Callable[[], None]) -> list[Any]:
-        entry: list[Any] = [fn]
-        with self._cond:
-            heapq.heappush(self._heap, (when, next(self._seq), entry))
-            self._cond.notify()
-        return entry
-
-    @staticmethod
-    def cancel(entry: list[Any] | None) -> None:
-        if entry is not None:
-            entry[0] = None
-
-    def call(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` on this thread and return its value (or raise its error)."""
-        done: Future[Any] = Future()
-
-        def run() -> None:
-            try:
-                done.set_result(fn())
-            except BaseException as exc:  # noqa: B036 - the caller's to raise
-                done.set_exception(exc)
-
-        self.call_at(0.0, run)
-        return done.result()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        with self._cond:
-            while not self._closed:
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                delay = self._heap[0][0] - time.monotonic()
-                if delay > 0:
-                    self._cond.wait(delay)
-                    continue
-                fn = heapq.heappop(self._heap)[2][0]
-                if fn is None:
-                    continue
-                self._cond.release()
-                try:
-                    fn()
-                finally:
-                    self._cond.acquire()
 
 
 class _Run:
@@ -234,7 +165,7 @@ class RayEngine:
 
     def __init__(self, address: str | None = None) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
-        self._timers = _Timers()
+        self._timers = Timers()
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             kwargs: dict[str, Any] = {"address": self.address}
@@ -548,95 +479,10 @@ class RayEngine:
         items: Iterable[Any],
         single: bool = False,
     ) -> list[Any]:
-        """Run `target` once per item; results in input order.
+        """Run `target` once per item; results in input order (`_ray_fanout`)."""
+        from lucidity._ray_fanout import fanout
 
-        Items go in chunks (one task each) sized to run about CHUNK_TARGET_S,
-        at most FANOUT_WINDOW_PER_SLOT chunks per CPU of the cluster in
-        flight; a job with `timeout` or `retries` goes one job per item. On a
-        failure nothing more is started; what is out finishes, then the first
-        failure in input order is raised.
-        """
-        slots = max(1, sum(n.slots for n in self._alive()))
-        window = FANOUT_WINDOW_PER_SLOT * slots
-        if options.timeout is not None or options.retries:
-            return self._fanout_jobs(target, options, items, single, window)
-        total = len(items) if isinstance(items, Sized) else None
-        source = iter(items)
-        results: list[Any] = []
-        failures: dict[int, BaseException] = {}
-        out: dict[Any, int] = {}
-        sizer = _ChunkSizer()
-        index = 0
-        more = True
-        try:
-            while True:
-                while more and not failures and len(out) < window:
-                    left = None if total is None else total - index
-                    chunk = list(itertools.islice(source, sizer.size(left, slots)))
-                    if not chunk:
-                        more = False
-                        break
-                    results.extend(itertools.repeat(None, len(chunk)))
-                    out[self._batch_ref(target, options, chunk, single, None)] = index
-                    index += len(chunk)
-                if not out:
-                    break
-                ready, _ = ray.wait(list(out), num_returns=1)
-                for ref in ready:
-                    first = out.pop(ref)
-                    values, fail, elapsed, _ = self._batch_result(target, first, ref)
-                    results[first : first + len(values)] = values
-                    sizer.observe(len(values) + (fail is not None), elapsed)
-                    if fail is not None:
-                        failures[first + fail[0]] = fail[1]
-        except BaseException:
-            for ref in out:
-                ray.cancel(ref, force=True)
-            raise
-        if failures:
-            raise failures[min(failures)]
-        return results
-
-    def _fanout_jobs(
-        self,
-        target: Target,
-        options: JobOptions,
-        items: Iterable[Any],
-        single: bool,
-        window: int,
-    ) -> list[Any]:
-        """A fanout of jobs with per-item `timeout` or `retries`: one job per
-        item, waited for in input order."""
-        results: list[Any] = []
-        out: deque[Job[Any]] = deque()
-        first_error: BaseException | None = None
-
-        def collect() -> None:
-            nonlocal first_error
-            job = out.popleft()
-            try:
-                results.append(job.result())
-            except BaseException as exc:  # noqa: B036 - the item's failure
-                if first_error is None:
-                    first_error = exc
-
-        try:
-            for item in items:
-                while len(out) >= window or (out and first_error is not None):
-                    collect()
-                if first_error is not None:
-                    break
-                args = (item,) if single else tuple(item)
-                out.append(self.submit(target, options, args))
-            while out:
-                collect()
-        except BaseException:
-            for job in out:
-                job.cancel()
-            raise
-        if first_error is not None:
-            raise first_error
-        return results
+        return fanout(self, target, options, items, single)
 
     # ---- the cluster ---------------------------------------------------------
 
@@ -722,43 +568,3 @@ def shutdown() -> None:
         engine, _engine = _engine, None
     if engine is not None and engine._pid == os.getpid():
         engine.close()
-
-
-def status(address: str | None) -> int:
-    """`lucidity status` on Ray: print Ray's nodes (connects, never starts one)."""
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if _loopback(address):
-        _keep_on_loopback()
-    try:
-        ray.init(
-            address=address or "auto",
-            _node_ip_address=LOOPBACK_HOSTS[0] if _loopback(address) else None,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        print(f"lucidity status: cannot reach Ray (RAY_ADDRESS): {exc}")
-        return 1
-    try:
-        engine = RayEngine()
-        nodes = engine.nodes()
-        engine.close()
-    finally:
-        ray.shutdown()
-    rows = [("NODE", "ADDRESS", "HOST", "CPUS", "MEMORY MiB", "HEAD")]
-    for n in nodes:
-        rows.append(
-            (
-                n.id,
-                n.address,
-                str(n.extra.get("hostname", "")),
-                str(n.slots),
-                str(int(n.extra.get("memory", 0)) // 2**20),
-                "yes" if n.extra.get("head") else "",
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
-    print(f"{len(nodes)} Ray node(s)")
-    return 0
