@@ -67,6 +67,8 @@ def connect(
             f"lucidity.connect(engine={engine!r}): allowed engines are "
             + ", ".join(repr(e) for e in _stubs.ENGINES)
         )
+    if engine is None and address is not None and address.startswith(("tcp:", "ipc:")):
+        engine = "zmq"  # a control daemon's address, whatever LUCIDITY_ENGINE says
     shutdown()
     _stubs._engine, _stubs._get_client = engine, None
     if _stubs.engine_name() == "ray":

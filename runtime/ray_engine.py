@@ -252,7 +252,7 @@ class RayEngine:
         if local:
             return (self._my_node, False)
         if node is not None:
-            return (node, True)
+            return (node, False)  # pinned, as the protocol says
         nodes = self._alive()
         if len(nodes) <= 1:
             return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib.util
 import os
 import shutil
 import signal
@@ -36,15 +37,17 @@ RAY_ENV = {
     "RAY_AUTH_MODE": "token",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
+
+if importlib.util.find_spec("ray") is None:
+    pytest.skip(
+        "Ray is not installed: the Ray engine's tests run in `tox -e ray` "
+        '(pip install "lucidity[ray]")',
+        allow_module_level=True,
+    )
 # Ray reads these when it is imported (its C++ config included): set before.
 _SAVED_ENV = {k: os.environ.get(k) for k in [*RAY_ENV, "RAY_TMPDIR", "RAY_ADDRESS"]}
 os.environ.update(RAY_ENV)
-
-pytest.importorskip(
-    "ray",
-    reason="Ray is not installed: the Ray engine's tests run in `tox -e ray` "
-    '(pip install "lucidity[ray]")',
-)
+import ray  # noqa: E402
 
 import lucidity  # noqa: E402
 from lucidity import _stubs  # noqa: E402
@@ -53,6 +56,14 @@ from lucidity.errors import RemoteTraceback, WorkerLostError  # noqa: E402
 pytestmark = pytest.mark.ray
 
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
+
+
+def teardown_module() -> None:
+    for k, v in _SAVED_ENV.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _free_port() -> int:
@@ -170,7 +181,6 @@ def engine(
 ) -> Iterator[dict[str, Any]]:
     """This process on the Ray engine: {"mode", "node" (the caller's Ray
     node id), "head" (or None)}."""
-    import ray
 
     head: Head | None = None
     if request.param == "head":
@@ -239,6 +249,7 @@ def test_unknown_engine_is_refused_with_the_allowed_ones(
         lucidity.connect(engine="spark")
     monkeypatch.setenv("LUCIDITY_ENGINE", "spark")
     monkeypatch.setattr(_stubs, "_get_client", None)
+    monkeypatch.setattr(_stubs, "_engine", None)  # no connect(): the variable decides
     with pytest.raises(ValueError, match="LUCIDITY_ENGINE='spark'.*'zmq', 'ray'"):
         _stubs.run_remote(_stubs.JobRef("lucidity_rtapp.work:square"), (2,))
 
