@@ -72,11 +72,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# Every head this module started: a local Ray's leftovers are looked for
-# outside their process trees.
-_HEADS: list[Head] = []
-
-
 class Head:
     """A `ray start --head --block` process and what it runs under."""
 
@@ -111,7 +106,6 @@ class Head:
                 start_new_session=True,
             )
         self.seen: set[int] = set()
-        _HEADS.append(self)
 
     def wait_ready(self) -> None:
         def ready() -> bool:
@@ -183,11 +177,13 @@ def engine(
     node id), "head" (or None)}."""
 
     head: Head | None = None
+    before = set(procs.children(os.getpid()))
     if request.param == "head":
         head = request.getfixturevalue("ray_head")
         lucidity.connect(head.address, engine="ray")
     else:
         lucidity.connect(engine="ray")
+    ray_tree: list[int] = []
     try:
         from lucidity_rtapp import work_jobs
 
@@ -199,12 +195,15 @@ def engine(
             "head": head,
         }
     finally:
+        # What the local Ray started: this process's new children and theirs.
+        started = set(procs.children(os.getpid())) - before
+        if head is not None:
+            started.discard(head.proc.pid)
+        ray_tree = [p for c in started for p in (c, *procs.descendants(c))]
         _disconnect()
-    if head is None:
-        heads = {p for h in _HEADS for p in [h.proc.pid, *h.pids()]}
-        mine = [p for p in procs.descendants(os.getpid()) if p not in heads]
-        left = procs.wait_gone(mine, 30)
-        assert not left, f"the local Ray left processes running: {left}"
+    left = procs.wait_gone(ray_tree, 30)
+    procs.kill_pids(left)
+    assert not left, f"the local Ray left processes running: {left}"
 
 
 @pytest.fixture
