@@ -60,9 +60,11 @@ Target = str | Callable[..., Any]
 
 ENGINE_ENV = "LUCIDITY_ENGINE"
 # Engine name -> the module implementing it (see the module docstring).
-# A second engine is one entry more, e.g. "ray": "lucidity.ray_engine".
 ENGINES: dict[str, str] = {
     "zmq": "lucidity.cluster.client",
+    # Ray (the `lucidity[ray]` extra): `address` is a Ray address, default
+    # $RAY_ADDRESS, else a local Ray.
+    "ray": "lucidity.ray",
 }
 
 
@@ -235,6 +237,8 @@ def connect(
         raise ValueError(
             f"lucidity.connect(engine={engine!r}): allowed engines are {allowed}"
         )
+    if engine is None and address is not None and address.startswith(("tcp:", "ipc:")):
+        engine = "zmq"  # a control daemon's address, whatever $LUCIDITY_ENGINE says
     shutdown()
     with _lock:
         if engine is not None:
