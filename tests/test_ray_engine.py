@@ -577,3 +577,29 @@ def test_ray_stays_on_loopback(app: Any, engine: Any, procs: Any) -> None:
     loop = ("127.0.0.1:", "[::ffff:127.0.0.1]:")
     outside = [r for r in rows if not (r[1].startswith(loop) and r[2].startswith(loop))]
     assert not outside, outside
+
+
+# ---- the Executor and the joblib backend on Ray ------------------------------------
+
+
+def test_executor_runs_on_ray(engine: Any, work: Any) -> None:
+    from lucidity.ray import RayEngine
+
+    with lucidity.Executor() as ex:
+        assert isinstance(ex._engine, RayEngine)
+        assert ex.submit(work.square, 12).result(timeout=WAIT_S) == 144
+        assert list(ex.map(work.square, range(50))) == [i * i for i in range(50)]
+
+
+def test_joblib_parallel_runs_on_ray(
+    engine: Any, work: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    joblib = pytest.importorskip("joblib", reason="joblib is a test dependency")
+    import lucidity.joblib  # noqa: F401 - registers the backend
+
+    monkeypatch.setenv("LUCIDITY_ENGINE", "ray")
+    with joblib.parallel_config(backend="lucidity"):
+        got = joblib.Parallel(n_jobs=2)(
+            joblib.delayed(work.square)(i) for i in range(30)
+        )
+    assert got == [i * i for i in range(30)]
