@@ -57,8 +57,9 @@ NODES_TTL_S = 1.0
 class _Run:
     """One submitted job: what it takes to run it again, and its current task."""
 
-    __slots__ = ("job", "target", "options", "args", "kwargs", "local", "node")
-    __slots__ += ("ref", "app_attempts", "timer")
+    __slots__ = tuple(
+        "job target options args kwargs local node ref app_attempts timer".split()
+    )
 
     def __init__(
         self,
