@@ -237,8 +237,6 @@ def connect(
         raise ValueError(
             f"lucidity.connect(engine={engine!r}): allowed engines are {allowed}"
         )
-    if engine is None and address is not None and address.startswith(("tcp:", "ipc:")):
-        engine = "zmq"  # a control daemon's address, whatever $LUCIDITY_ENGINE says
     shutdown()
     with _lock:
         if engine is not None:
