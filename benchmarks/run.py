@@ -43,6 +43,7 @@ ENGINES = [
     "dask",
     "ipyparallel",
     "ray",
+    "lucidity_ray",
 ]
 WORKLOADS = ["startup", "latency", "fanout", "nested", "payload"]
 TIMEOUTS = {  # seconds per step of one engine (bounds, not targets)
@@ -57,7 +58,7 @@ TIMEOUTS = {  # seconds per step of one engine (bounds, not targets)
 ENGINE_BUDGET_S = 900
 CODEGEN_TIMEOUT_S = 300
 BASELINES = ["raw_zmq", "zmq_reqrep", "mp_pool", "ppe"]
-PEERS = ["loky", "dask", "ipyparallel", "ray"]
+PEERS = ["loky", "dask", "ipyparallel", "ray", "lucidity_ray"]
 
 
 # ---- running one engine ------------------------------------------------------
@@ -591,6 +592,28 @@ def render(
         ">= 5x",
         None if r is None else r >= 5,
     )
+    # The Ray engine: lucidity's layer over raw Ray, same run.
+    for what, key, target, ok_at in (
+        ("latency p50", "p50_us", "<= 1.2x", lambda x: x <= 1.2),
+        ("nested", "per_s", ">= 0.9x (matches)", lambda x: x >= 0.9),
+        ("fanout", "per_s", "> 1x", lambda x: x > 1),
+    ):
+        work = {"latency p50": "latency", "nested": "nested"}.get(what, "fanout")
+        mine_r = _val(res, "lucidity_ray", work, key)
+        b = _val(res, "ray", work, key)
+        r = _ratio(mine_r, b)
+        unit = {"p50_us": "us", "per_s": "/s"}[key]
+        row(
+            f"lucidity on Ray: {what} vs raw Ray"
+            + (" (ray.get of a list of .remote)" if what == "fanout" else ""),
+            mine_r,
+            f"{_fmt(mine_r)} {unit} (lucidity_ray)",
+            b,
+            f"{_fmt(b)} {unit} (ray)",
+            r,
+            target,
+            None if r is None else ok_at(r),
+        )
     b = _val(res, "zmq_reqrep", "payload", "mb_per_s")
     r = _ratio(echo, b)
     row(

@@ -152,6 +152,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--timeout-ms", type=_positive_ms, default=3.0)
     status.add_argument(
+        "--engine",
+        choices=("zmq", "ray"),
+        default=os.environ.get("LUCIDITY_ENGINE") or "zmq",
+        help="ray: print the nodes of the Ray cluster at $RAY_ADDRESS (or the "
+        "local one) instead (default $LUCIDITY_ENGINE or zmq)",
+    )
+    status.add_argument(
         "--keys",
         metavar="DIR",
         default=os.environ.get("LUCIDITY_KEYS") or None,
@@ -351,6 +358,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             **_security(args),
         ).run(parent_fd=0 if args.parent_pipe else None)
         return 0
+    if args.command == "status" and args.engine == "ray":
+        from lucidity.ray.status import status as ray_status
+
+        return ray_status()
     if args.command == "status" and args.watch:
         return _watch(args)
     if args.command == "status":

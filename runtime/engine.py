@@ -60,9 +60,11 @@ Target = str | Callable[..., Any]
 
 ENGINE_ENV = "LUCIDITY_ENGINE"
 # Engine name -> the module implementing it (see the module docstring).
-# A second engine is one entry more, e.g. "ray": "lucidity.ray_engine".
 ENGINES: dict[str, str] = {
     "zmq": "lucidity.cluster.client",
+    # Ray (the `lucidity[ray]` extra): `address` is a Ray address, default
+    # $RAY_ADDRESS, else a local Ray.
+    "ray": "lucidity.ray",
 }
 
 

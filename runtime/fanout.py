@@ -8,7 +8,9 @@ back in input order; on a failure nothing more is submitted, what is out
 finishes, then the first failure in input order is raised. Only a real
 interrupt of the caller (KeyboardInterrupt, SystemExit...) cancels what is
 out. A job with a `timeout` or `retries` goes one item per batch, since both
-are per item.
+are per item. In an engine's worker that set a wait hook (Ray's, where a
+worker lends its CPU only while it waits through Ray), the driver's waits go
+through that hook, so a fanout inside a job does not hold its CPU.
 
 This module owns the chunking, the window and the order of a fanout. It is
 engine-neutral: it uses only `lucidity.engine.Engine` (`submit_batch`,
@@ -27,7 +29,7 @@ from typing import Any
 from lucidity._options import JobOptions
 from lucidity.engine import BatchResult, Engine, Target, target_name
 from lucidity.errors import JobCancelledError
-from lucidity.handle import blocking
+from lucidity.handle import blocking, wait_hook
 from lucidity.printer import settle
 from lucidity.progress import FanoutProgress
 
@@ -128,6 +130,22 @@ class _Run:
                     self.failures[first + failure[0]] = failure[1]
             self.cond.notify_all()
 
+    def wait(self) -> None:
+        """Wait (holding `cond`) until a batch out comes back."""
+        hook = wait_hook()
+        if hook is None:
+            self.cond.wait()
+            return
+        futures = list(self.out.values())
+        if any(f.done() for f in futures):
+            self.cond.wait()  # its callback is on its way: it notifies
+            return
+        self.cond.release()
+        try:
+            hook(futures, None)
+        finally:
+            self.cond.acquire()
+
 
 def fanout(
     engine: Engine,
@@ -163,7 +181,7 @@ def fanout(
                     while (
                         len(out) >= FANOUT_WINDOW_PER_SLOT * slots and not run.failures
                     ):
-                        cond.wait()
+                        run.wait()
                     if run.failures:
                         break
                     left = None if total is None else total - index
@@ -200,7 +218,7 @@ def fanout(
         finally:
             with cond:
                 while out:
-                    cond.wait()
+                    run.wait()
             run.progress.close()
             settle()  # the items' lines before what the caller prints next
     if run.failures:

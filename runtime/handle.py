@@ -4,18 +4,21 @@ It adds the seed's verbs (`try_get`, `await_get`) and `await job`. Waiting is
 on the future's own condition, set by the client's I/O thread the moment the
 result frame arrives; nothing polls. A job waited on from inside a worker
 gives its worker's slot back to the node for the length of the wait, so
-nested jobs cannot deadlock a node.
+nested jobs cannot deadlock a node. An engine whose workers lend their CPU
+only while they wait through the engine itself (Ray: `ray.wait`) sets a wait
+hook (`set_wait_hook`) there, which `Job.result` and the fanout driver
+(`wait_any`) wait through instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Job"]
+__all__ = ["Job", "set_wait_hook", "wait_hook"]
 
 T = TypeVar("T")
 
@@ -28,6 +31,22 @@ def set_blocking_hooks(
 ) -> None:
     global _blocking_hooks
     _blocking_hooks = hooks
+
+
+# Set by an engine's worker process: waits until one of the given futures
+# (of that engine) is done, or `timeout` s, through the engine.
+WaitHook = Callable[[Sequence["Future[Any]"], "float | None"], None]
+_wait_hook: WaitHook | None = None
+
+
+def set_wait_hook(hook: WaitHook | None) -> None:
+    global _wait_hook
+    _wait_hook = hook
+
+
+def wait_hook() -> WaitHook | None:
+    """The wait hook of this process's engine worker, if it set one."""
+    return _wait_hook
 
 
 # The nesting depth of the job this process runs (set by the worker for each
@@ -92,6 +111,10 @@ class Job(Future, Generic[T]):  # type: ignore[type-arg]
         return base.replace("Job at", f"Job {self.target} #{self.job_id} at", 1)
 
     def result(self, timeout: float | None = None) -> T:
+        if _wait_hook is not None and not self.done():
+            _wait_hook((self,), timeout)
+            # Done now, or `timeout` has passed.
+            return super().result(None if timeout is None else 0)  # type: ignore[no-any-return]
         if _blocking_hooks is not None and not self.done():
             with blocking():
                 return super().result(timeout)  # type: ignore[no-any-return]

@@ -83,7 +83,8 @@ ENGINE_NEUTRAL = ("_stubs", "engine", "fanout", "executor", "joblib")
 
 
 @pytest.mark.parametrize("module", ENGINE_NEUTRAL)
-def test_engine_neutral_modules_never_import_the_zmq_engine(module: str) -> None:
+def test_engine_neutral_modules_never_import_an_engine(module: str) -> None:
     names = _imports(RUNTIME / f"{module}.py")
-    bad = sorted(n for n in names if n.startswith("lucidity.cluster"))
+    engines = ("lucidity.cluster", "lucidity.ray", "ray")
+    bad = sorted(n for n in names if n.split(".")[0] == "ray" or n.startswith(engines))
     assert not bad, f"runtime/{module}.py imports {bad}"

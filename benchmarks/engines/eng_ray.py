@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from engines import common
+
+# Without it Ray resolves 127.0.0.1 to the machine's network address and
+# listens there; read when Ray is imported (here and in the start-up child).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 from engines.tasks import echo, square
 
 NAME = "ray"

@@ -1,0 +1,72 @@
+"""Waits inside a Ray task: through `ray.wait`, which lends the worker's CPU.
+
+A Ray worker gives its CPU back to other tasks only while it waits in
+`ray.get`/`ray.wait`; a wait on a future's condition would hold it, and
+nested jobs on a full cluster would deadlock. `RefWaits` knows the current
+Ray task of each future the engine handed out (a job's changes when it is
+run again) and waits on those.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import ray
+
+from lucidity.handle import Job
+
+__all__ = ["RefWaits"]
+
+
+class RefWaits:
+    """The Ray task behind each future out, and a condition told whenever
+    one changes or a future ends."""
+
+    def __init__(self) -> None:
+        self._refs: weakref.WeakKeyDictionary[Future[Any], Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._changed = threading.Condition()
+
+    def track(self, future: Future[Any], ref: Any) -> None:
+        """`future` now waits on `ref` (a Ray task, or a Job of ours)."""
+        with self._changed:
+            self._refs[future] = ref
+            self._changed.notify_all()
+
+    def told(self) -> None:
+        """A future ended (or was cancelled)."""
+        with self._changed:
+            self._changed.notify_all()
+
+    def _ref_of(self, future: Future[Any]) -> Any:
+        ref = self._refs.get(future)
+        if isinstance(ref, Job):
+            return self._refs.get(ref)  # a one-job batch: the job's task
+        return ref
+
+    def wait_any(self, futures: Sequence[Future[Any]], timeout: float | None) -> None:
+        """Until one of `futures` (of this engine) is done, or `timeout` s:
+        through `ray.wait`, which lends this Ray worker's CPU meanwhile. A
+        task already seen ready whose future is not yet set (its callback is
+        on its way) is waited for on `_changed`, not asked again."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen: set[Any] = set()
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            with self._changed:
+                if any(f.done() for f in futures):
+                    return
+                refs = {self._ref_of(f) for f in futures} - seen - {None}
+                if not refs:
+                    self._changed.wait(left)
+                    continue
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=left)
+            seen.update(ready)
