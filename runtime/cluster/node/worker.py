@@ -12,6 +12,7 @@ user code is doing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import io
 import logging
@@ -175,12 +176,15 @@ def _run_batch(
     values: list[Any] = []
     fail: tuple[int, Any] | None = None
     retire = False
+    # Without keyword arguments (most fanouts) an item's call is the plain
+    # call: `**{}` costs each of them a dict.
+    call = functools.partial(func, **kwargs) if kwargs else func
     started = time.perf_counter()
     with limits:
         for index, args in enumerate(items):
             try:
                 limits.rearm()
-                value = func(args, **kwargs) if single else func(*args, **kwargs)
+                value = call(args) if single else call(*args)
                 if type(value) is CoroutineType:
                     value = _complete(value)
                 values.append(value)
