@@ -232,6 +232,7 @@ def _batches(
                     abandoned = True
                     raise
                 taken = 1
+                continue  # the consumer is here: send what that frees first
             if not sent:
                 break
             head = sent[0]
