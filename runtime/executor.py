@@ -7,9 +7,11 @@ executors work unchanged. It is written against the `Engine` seam only.
 
 `max_workers` bounds the jobs in flight: the rest wait here, in order, and
 a dispatcher thread (started only once something has to wait) sends each as
-a slot frees. `map` sends its items in chunks of `chunksize` (one batch job
-each, run one after another by one worker), at most `buffersize` chunks
-ahead of the caller when that is set (Python 3.14's `Executor.map`).
+a slot frees. `map` goes through the fanout driver (`fanout_iter`), its
+batch jobs through that same bound: chunks of `chunksize` (one batch job
+each, run one after another by one worker) or sized by the driver, at most
+`buffersize` chunks ahead of the caller when that is set (Python 3.14's
+`Executor.map`).
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ from __future__ import annotations
 import functools
 import itertools
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, TypeVar
 
 from lucidity._options import JobOptions, validate_options
 from lucidity.engine import BatchResult, Engine, get_engine
+from lucidity.fanout import fanout_iter
 from lucidity.handle import Job
 
 __all__ = ["Executor"]
@@ -100,14 +102,24 @@ class Executor(futures.Executor):
         return self._enqueue(launch, _name(fn))
 
     def _submit_batch(
-        self, fn: Callable[..., Any], items: list[tuple[Any, ...]]
+        self,
+        target: Callable[..., Any],
+        options: JobOptions,
+        items: Sequence[Any],
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        node: str | None = None,
+        single: bool = False,
     ) -> Job[BatchResult]:
-        engine, options = self._engine, self._options
+        """`Engine.submit_batch` through this executor's `max_workers` bound."""
+        engine = self._engine
 
         def launch() -> Future[Any]:
-            return engine.submit_batch(fn, options, items)
+            return engine.submit_batch(
+                target, options, items, kwargs, node=node, single=single
+            )
 
-        return self._enqueue(launch, _name(fn))
+        return self._enqueue(launch, _name(target))
 
     def _enqueue(self, launch: Callable[[], Future[Any]], name: str) -> Job[Any]:
         future: Job[Any] = Job(next(_ids), name)
@@ -219,11 +231,14 @@ class Executor(futures.Executor):
         chunksize: int = 1,
         buffersize: int | None = None,
     ) -> Iterator[T]:
-        """`map(fn, *iterables)` on the cluster, results in order.
+        """`map(fn, *iterables)` on the cluster, results in order, through
+        the fanout driver (`lucidity.fanout.fanout_iter`).
 
-        Items go `chunksize` to a job; with `buffersize`, at most that many
-        chunks are out ahead of the caller (the rest are read from the
-        iterables as results are taken). `timeout` counts from this call.
+        `chunksize` > 1 fixes the items per job; 1 (the default) lets the
+        driver size batches from the measured cost of an item, unless
+        `buffersize` is set: then chunks are of `chunksize` and at most
+        `buffersize` of them are read ahead of the caller. `timeout` counts
+        from this call.
         """
         if buffersize is not None and not isinstance(buffersize, int):
             raise TypeError("buffersize must be an integer or None")
@@ -231,47 +246,20 @@ class Executor(futures.Executor):
             raise ValueError("buffersize must be None or > 0")
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        end = None if timeout is None else timeout + time.monotonic()
+        # A bounded read-ahead is a bound on items, so their batches must not
+        # grow under it; otherwise one item a job only if asked for.
+        size = chunksize if chunksize > 1 or buffersize is not None else None
         source = zip(*iterables)  # noqa: B905 - stops at the shortest, as map does
-        chunks = iter(lambda: list(itertools.islice(source, chunksize)), [])
-        first = chunks if buffersize is None else itertools.islice(chunks, buffersize)
-        out = deque(self._submit_batch(fn, chunk) for chunk in first)
-        more = None if buffersize is None else chunks
-        return self._results(fn, out, more, end)
-
-    def _results(
-        self,
-        fn: Callable[..., Any],
-        out: deque[Job[BatchResult]],
-        more: Iterator[list[tuple[Any, ...]]] | None,
-        end: float | None,
-    ) -> Iterator[Any]:
-        try:
-            while out:
-                if more is not None:
-                    chunk = next(more, None)
-                    if chunk is not None:
-                        out.append(self._submit_batch(fn, chunk))
-                future = out.popleft()
-                try:
-                    batch = future.result(
-                        None if end is None else end - time.monotonic()
-                    )
-                except BaseException:
-                    future.cancel()
-                    raise
-                del future
-                values = batch.values
-                values.reverse()
-                while values:
-                    # Popped as yielded: no reference to a result stays here.
-                    yield values.pop()
-                if batch.failure is not None:
-                    raise batch.failure[1]
-                del batch, values
-        finally:
-            for future in out:
-                future.cancel()
+        return fanout_iter(
+            self._engine,
+            fn,
+            self._options,
+            source,
+            size=size,
+            ahead=buffersize,
+            timeout=timeout,
+            send=self._submit_batch,
+        )
 
     # ---- shutdown ---------------------------------------------------------
 
