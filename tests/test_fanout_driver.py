@@ -21,7 +21,7 @@ from engines.thread_engine import ThreadEngine
 from lucidity import JobOptions
 from lucidity.engine import BatchResult, Target
 from lucidity.errors import ClusterError
-from lucidity.fanout import FANOUT_WINDOW_PER_SLOT, fanout
+from lucidity.fanout import FANOUT_WINDOW_PER_SLOT, fanout, fanout_iter
 
 OPTIONS = JobOptions()
 WAIT_S = 10.0
@@ -209,3 +209,63 @@ def test_an_interrupt_cancels_the_batches_out() -> None:
         assert len(engine.cancelled) == 2
     finally:
         engine.close()
+
+
+# ---- the streaming form (fanout_iter) ----------------------------------------
+
+
+def test_the_stream_yields_in_input_order(engine: ThreadEngine) -> None:
+    items = [(i, 0.05 * (5 - i)) for i in range(6)]
+    assert list(fanout_iter(engine, late, OPTIONS, items)) == list(range(6))
+
+
+def test_the_stream_raises_the_first_failure_at_its_place(
+    engine: ThreadEngine,
+) -> None:
+    # Item 4 fails at once, item 2 later: 0 and 1 come out, then item 2's.
+    items = [(i, 0.3 if i == 2 else 0.0, i in (2, 4)) for i in range(6)]
+    it = fanout_iter(engine, fail_some, OPTIONS, items, size=1)
+    assert next(it) == 0
+    assert next(it) == 1
+    with pytest.raises(Odd, match="item 2"):
+        next(it)
+
+
+def test_the_stream_reads_its_input_only_as_the_window_allows(
+    engine: ThreadEngine,
+) -> None:
+    taken: list[int] = []
+
+    def items() -> Iterator[int]:
+        for i in range(1000):
+            taken.append(i)
+            yield i
+
+    it = fanout_iter(engine, square, OPTIONS, items(), single=True, size=5, ahead=3)
+    assert len(taken) == 15  # three batches of five, sent at the call
+    assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
+    assert len(taken) <= 20  # the batch taken frees room for one more
+    it.close()
+    assert len(taken) <= 20
+
+
+def test_closing_the_stream_early_cancels_what_is_out(engine: ThreadEngine) -> None:
+    items = [(i, 0.0 if i == 0 else 1.0) for i in range(100)]
+    it = fanout_iter(engine, late, OPTIONS, items, size=1)
+    # The window, and the one item 0 freed at once.
+    assert len(engine.batches) <= FANOUT_WINDOW_PER_SLOT * engine.workers + 1
+    assert next(it) == 0
+    started = time.monotonic()
+    it.close()
+    assert time.monotonic() - started < 0.9  # not a wait for what was out
+    assert engine.cancelled, "nothing out was cancelled"
+    assert len(engine.batches) < 100
+
+
+def test_the_stream_times_out_from_its_call(engine: ThreadEngine) -> None:
+    it = fanout_iter(engine, late, OPTIONS, [(0, 0.0), (1, 5.0)], size=1, timeout=0.3)
+    assert next(it) == 0
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        next(it)
+    assert time.monotonic() - started < 3.0
