@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import os
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -163,11 +164,13 @@ def watch(
     interval: float,
     count: int | None,
     out: TextIO | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
     """Show the view every `interval` seconds (`count` times, or until
     Ctrl-C). `ask()` returns the node list, or an error text (no answer),
     or raises to end the watch (a refused handshake)."""
     out = out or sys.stdout
+    stop = stop or threading.Event()
     tty = out.isatty()
     rates = Rates()
     shown = 0
@@ -189,8 +192,10 @@ def watch(
             shown += 1
             if count is not None and shown >= count:
                 break
-            # The view's refresh period, not a wait for anything.
-            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+            # Until the next refresh, or until `stop` is set (a caller ending
+            # the view from another thread), whichever comes first.
+            if stop.wait(max(0.0, interval - (time.monotonic() - started))):
+                break
     except KeyboardInterrupt:
         pass
     return 0
