@@ -27,6 +27,7 @@ __all__ = [
     "prefix",
     "printer",
     "settle",
+    "show_dropped",
     "show_output",
 ]
 
@@ -86,7 +87,8 @@ class Printer:
         self._abandon = False
         self._left = 0
         self.pid = os.getpid()
-        # Lines ever queued, and ever taken and written (or given up).
+        # Lines ever queued or counted as dropped, and ever written or told
+        # as dropped (or given up): `flush` waits for the one to reach the other.
         self.queued = 0
         self.written = 0
 
@@ -99,12 +101,12 @@ class Printer:
             return
         with self._cond:
             self._dropped += dropped
+            self.queued += len(lines) + dropped
             room = MAX_QUEUED - len(self._queue)
             if room < len(lines):
                 self._dropped += len(lines) - max(room, 0)
                 lines = lines[: max(room, 0)]
             self._queue.extend((prefix, err, line) for line in lines)
-            self.queued += len(lines)
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(
                     target=self._run, name="lucidity-output", daemon=True
@@ -138,7 +140,7 @@ class Printer:
                 batch.append(self._drop_line(dropped))
             self._write(batch)
             with self._cond:
-                self.written += taken
+                self.written += taken + dropped
                 self._cond.notify_all()
                 if closing and not self._queue:
                     return
@@ -264,6 +266,12 @@ def settle(timeout: float = 0.5) -> None:
     pr = _printer
     if pr is not None and pr.written < pr.queued and pr.pid == os.getpid():
         pr.flush(timeout)
+
+
+def show_dropped(count: Any) -> None:
+    """Tell that a node dropped `count` lines of job output for us."""
+    if isinstance(count, int) and count > 0:
+        printer().put(_OWN, True, [], count)
 
 
 def show_output(header: dict[str, Any], payload: list[Any]) -> None:

@@ -643,6 +643,82 @@ def test_a_node_drops_and_counts_what_a_full_client_queue_refuses() -> None:
         ctx.term()
 
 
+def test_a_jobs_last_dropped_lines_are_told_with_its_result(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """When the lines a node had to drop were a job's last (no OUTPUT comes
+    after them), its RESULT says how many, and the caller prints the count."""
+    import zmq
+
+    from lucidity.cluster.client.results import _Results
+    from lucidity.cluster.node.front import ClientFront
+    from lucidity.cluster.node.output import NodeOutput
+    from lucidity.cluster.node.scheduler import Task
+    from lucidity.cluster.security.guard import Guard
+    from lucidity.cluster.wire import protocol as p
+    from lucidity.cluster.wire._loop import EventLoop
+
+    def nothing(*args: Any) -> None:
+        return None
+
+    ctx = zmq.Context()
+    loop = EventLoop()
+    front = ClientFront(
+        ctx,
+        Guard(ctx, None),
+        "tcp://127.0.0.1:*",
+        loop,
+        "n0",
+        nothing,
+        nothing,
+        nothing,
+        nothing,
+        nothing,
+    )
+    front.sock.sndhwm = 2
+    peer = ctx.socket(zmq.DEALER)
+    peer.setsockopt(zmq.IDENTITY, b"c1")
+    peer.rcvhwm = 2
+    peer.connect(front.endpoint)
+    try:
+        out = NodeOutput(loop, front.sock, "n0")
+        front.untold = out.untold
+        out.enabled = True
+        peer.send(p.encode(p.MsgType.PING, {}))  # connected: sends reach it
+        assert front.sock.poll(5000)
+        front.sock.recv_multipart()
+        at = ((b"c1", 7, "app.mod:talk", True), 4242)
+        # Over TCP the kernel's buffers take some first: until one is refused.
+        sent = 0
+        while b"c1" not in out.dropped and sent < 100_000:
+            out._emit(at, False, [b"x" * 10_000])
+            sent += 1
+        dropped = out.dropped[b"c1"]
+        assert dropped > 0
+        while peer.poll(500):  # the lines the queue took (not what is tested)
+            assert p.decode(peer.recv_multipart()[0]).type == p.MsgType.OUTPUT
+        front.client_seen[b"c1"] = 0.0
+        front.reply(Task(b"c1", 7, {"target": "app.mod:talk"}, []), True, [b"r"])
+        assert b"c1" not in out.dropped  # told once, by the result
+        reader = _Results.__new__(_Results)
+        assert peer.poll(5000)
+        frames = peer.recv_multipart(copy=False)
+        results = [reader._node_message(peer, frames, "tcp://127.0.0.1:1")]
+        assert results[0] is not None
+        assert results and results[0][0] == 7
+        assert results[0][1]["dropped"] == dropped
+        from lucidity import printer
+
+        printer.printer().flush(5)
+        err = capsys.readouterr().err
+        assert f"{dropped} line(s) of job output dropped" in err, err
+        out.close()
+    finally:
+        peer.close(0)
+        front.sock.close(0)
+        ctx.term()
+
+
 def test_an_output_flood_over_the_wire_loses_no_line_silently(
     cluster: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -28,7 +28,7 @@ from lucidity.errors import (
     WorkerLostError,
 )
 from lucidity.handle import Job
-from lucidity.printer import show_output
+from lucidity.printer import show_dropped, show_output
 
 __all__ = ["_Outcome", "_Results", "decode_error"]
 
@@ -115,6 +115,8 @@ class _Results(_Payloads):
         try:
             msg = p.decode(frames[0].buffer)
             if msg.type == p.MsgType.RESULT:
+                if "dropped" in msg.header:  # job output its node could not send
+                    show_dropped(msg.header["dropped"])
                 return int(msg.header["id"]), msg.header
             if msg.type == p.MsgType.PONG:
                 node = msg.header.get("node")

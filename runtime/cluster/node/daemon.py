@@ -141,6 +141,7 @@ class NodeDaemon:
             self.guard.client(self.ctl)
             self.ctl.connect(control)
         self.output = NodeOutput(self.loop, self.front.sock, self.node_id)
+        self.front.untold = self.output.untold
         self.pool = WorkerPool(
             self.loop,
             self.output,

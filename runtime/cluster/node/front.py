@@ -62,6 +62,9 @@ class ClientFront:
         self.node_id = node_id
         self._submit, self._cancel, self._bundle = submit, cancel, bundle
         self._gone, self._pump = gone, pump
+        # The job output dropped for a client and not told yet (set by the
+        # node to its NodeOutput's): a RESULT tells it.
+        self.untold: Callable[[bytes], int] = lambda client: 0
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.linger = 0
         # Tell us when a result's client is not connected, instead of dropping it.
@@ -167,15 +170,16 @@ class ClientFront:
                         f"MiB (LUCIDITY_MAX_MESSAGE_MB; node {self.node_id})"
                     )
                 )
-        head = p.encode(
-            p.MsgType.RESULT,
-            {
-                "id": task.job_id,
-                "ok": ok,
-                "node": self.node_id,
-                "pid": task.header.get("pid"),
-            },
-        )
+        header: dict[str, Any] = {
+            "id": task.job_id,
+            "ok": ok,
+            "node": self.node_id,
+            "pid": task.header.get("pid"),
+        }
+        dropped = self.untold(task.client)
+        if dropped:
+            header["dropped"] = dropped
+        head = p.encode(p.MsgType.RESULT, header)
         self._deliver(task, [task.client, head, *payload])
 
     def _deliver(self, task: Task, frames: list[Any]) -> None:

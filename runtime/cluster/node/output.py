@@ -137,7 +137,8 @@ class NodeOutput:
         self.enabled = forwarding()
         self.local = Printer(sys.stderr, sys.stderr)
         # Lines dropped per client (its queue was full), told with the next
-        # OUTPUT that goes through.
+        # OUTPUT that goes through, or with the client's next RESULT
+        # (`untold`): a job's last lines can be the ones dropped.
         self.dropped: dict[bytes, int] = {}
 
     def attach(self, pipes: WorkerPipes, where: Callable[[], Any]) -> None:
@@ -213,6 +214,11 @@ class NodeOutput:
         except zmq.ZMQError:
             # Not connected (gone, or reconnecting): keep it in the log.
             self.local.put(_prefix(job, pid, self.node_id), err, _text(lines))
+
+    def untold(self, client: bytes) -> int:
+        """The lines dropped for `client` not told yet, now told by the
+        caller (a RESULT, which is never dropped, carries them)."""
+        return self.dropped.pop(client, 0)
 
     def close(self) -> None:
         self.local.close()
