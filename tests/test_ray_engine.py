@@ -6,7 +6,8 @@ empty folder (one CPU: nesting must lend it) and stops by pid, and against
 a local Ray that the engine starts itself (what `ray.init()` does). The same
 generated module (`work_jobs`) runs unchanged. Ray stays on 127.0.0.1:
 `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` and `RAY_AUTH_MODE=token` on both
-sides, and a test checks every TCP connection of Ray's processes with `ss`.
+sides (with one token, `RAY_AUTH_TOKEN`), and a test checks every TCP
+connection of Ray's processes with `ss`.
 
 Runs in tox's `ray` environment; skipped, saying so, where Ray is missing.
 """
@@ -17,6 +18,7 @@ import asyncio
 import concurrent.futures
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -35,6 +37,10 @@ WAIT_S = 60.0
 RAY_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_AUTH_MODE": "token",
+    # The token both sides share, given as Ray reads it: `ray start` never
+    # makes one (only `ray.init()` does, into ~/.ray, which a test must not
+    # leave behind).
+    "RAY_AUTH_TOKEN": secrets.token_hex(32),
     "RAY_USAGE_STATS_ENABLED": "0",
 }
 
