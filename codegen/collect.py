@@ -18,19 +18,15 @@ that `lucidity._options.validate_options` rejects.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import libcst as cst
-from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
-from lucidity._options import OPTION_NAMES, OptionError, validate_options
-from lucidity.codegen import imports
-from lucidity.codegen.errors import SourceError
-from lucidity.codegen.literals import NotLiteral, evaluate, non_literal
+from lucidity.codegen import imports, signature
+from lucidity.codegen.errors import Positions, SourceError, syntax_error
 from lucidity.codegen.marks import (
     DirectCalls,
     Marks,
@@ -40,15 +36,13 @@ from lucidity.codegen.marks import (
     dotted,
     statements,
 )
-from lucidity.codegen.model import GeneratedModule, JobSpec, Param, ParamKind
+from lucidity.codegen.model import GeneratedModule, JobSpec, Param
 from lucidity.codegen.skim import skim
 from lucidity.codegen.yields import Yields, first_yield
 
 __all__ = ["JOB_QUALIFIED_NAME", "Collected", "collect"]
 
 JOB_QUALIFIED_NAME = "lucidity.job"
-
-_EMPTY = cst.Module(body=[])
 
 
 @dataclass(frozen=True)
@@ -86,7 +80,7 @@ def _collect(
     try:
         tree = cst.parse_module(source if skimmed is None else skimmed.source)
     except cst.ParserSyntaxError as exc:
-        return Collected(None, (_syntax_error(source, path, exc),))
+        return Collected(None, (syntax_error(source, path, exc),))
     except (UnicodeDecodeError, SyntaxError) as exc:  # bad bytes or coding cookie
         message = f"cannot decode: {exc}; save the file as UTF-8 (or fix its coding)"
         return Collected(None, (SourceError(path, 1, 1, message),))
@@ -101,7 +95,7 @@ def _collect(
         # A job's body was searched for `yield` in libcst's tree, where it
         # may be blanked: only the whole source can answer.
         return _collect(source, path, module, source_path, regenerate_command, False)
-    positions = _Positions(tree)
+    positions = Positions(tree)
     errors = [positions.error(path, node, message) for node, message in finder.errors]
     if not finder.jobs:
         return Collected(None, tuple(errors))
@@ -115,7 +109,7 @@ def _collect(
     errors.extend(import_errors)
     if errors:
         return Collected(None, tuple(errors))
-    alias, refs = _module_names(finder.jobs)
+    alias, refs = imports.module_names(finder.jobs)
     generated = GeneratedModule(
         module=module,
         source_path=source_path,
@@ -139,55 +133,6 @@ def _collect(
         annotations_use_any=uses_any,
     )
     return Collected(generated, ())
-
-
-class _Positions:
-    """Where nodes are, worked out on first use: only files with errors pay
-    for the pass over the whole tree that positions take."""
-
-    def __init__(self, tree: cst.Module) -> None:
-        self._tree = tree
-        self._ranges: Mapping[cst.CSTNode, CodeRange] | None = None
-
-    def __getitem__(self, node: cst.CSTNode) -> CodeRange:
-        if self._ranges is None:
-            wrapper = MetadataWrapper(self._tree, unsafe_skip_copy=True)
-            self._ranges = wrapper.resolve(PositionProvider)
-        return self._ranges[node]
-
-    def error(
-        self, path: str, node: cst.CSTNode | tuple[int, int], message: str
-    ) -> SourceError:
-        if isinstance(node, tuple):
-            return SourceError(path, node[0], node[1], message)
-        where = self[node].start
-        return SourceError(path, where.line, where.column + 1, message)
-
-
-def _syntax_error(source: bytes, path: str, exc: cst.ParserSyntaxError) -> SourceError:
-    # CPython's own parser places the caret better than libcst's does (libcst
-    # reports where it gave up, often the next line); prefer it when it agrees
-    # that the file is broken.
-    try:
-        compile(source, path, "exec", flags=ast.PyCF_ONLY_AST, dont_inherit=True)
-    except SyntaxError as err:
-        if err.lineno is not None:
-            message = err.msg
-            return SourceError(
-                path,
-                err.lineno,
-                max(err.offset or 1, 1),
-                f"cannot parse: {message}; fix the syntax error and run again",
-            )
-    except (ValueError, UnicodeDecodeError):
-        pass
-    detail = exc.message.splitlines()[0] if exc.message else "invalid syntax"
-    return SourceError(
-        path,
-        exc.raw_line,
-        exc.raw_column + 1,
-        f"cannot parse: {detail}; fix the syntax error and run again",
-    )
 
 
 # --------------------------------------------------------------------------- jobs
@@ -300,7 +245,7 @@ class _JobFinder:
         else:
             self._job(node, found, scope, index)
         inner = marks.copy()
-        for param in _all_params(node.params):
+        for param in signature.all_params(node.params):
             inner.unbind(param.name.value)
         self.walk(statements(node.body), inner, "def")
         marks.unbind(name)
@@ -350,7 +295,7 @@ class _JobFinder:
                 self._replaced_by(
                     name,
                     small,
-                    f"{_code(small)!r}, which may replace it (as a C accelerator "
+                    f"{signature.code(small)!r}, which may replace it (as a C accelerator "
                     "module does)",
                 )
             return
@@ -364,7 +309,7 @@ class _JobFinder:
                 elif isinstance(small, cst.Import):
                     names.append(dotted(alias.name).split(".")[0])
                 else:
-                    names.append(_code(alias.name))
+                    names.append(signature.code(alias.name))
         elif isinstance(small, cst.Assign):
             for target in small.targets:
                 names.extend(bound_names(target.target))
@@ -372,7 +317,7 @@ class _JobFinder:
             names.extend(bound_names(small.target))
         for name in names:
             if name in self._defined:
-                self._replaced_by(name, small, f"{_code(small)!r}")
+                self._replaced_by(name, small, f"{signature.code(small)!r}")
 
     def _replaced_by(self, name: str, node: cst.CSTNode, what: str) -> None:
         del self._defined[name]
@@ -434,15 +379,15 @@ class _JobFinder:
                     "called with these parameters; put @job on a plain function "
                     "and call that one",
                 )
-        params = self._params(node)
+        params = signature.params(node.params)
         call = found[1]
-        options = self._options(call) if call is not None else ()
+        options = signature.options(call, self._error) if call is not None else ()
         if len(self.errors) > before:
             return
         returns = node.returns.annotation if node.returns is not None else None
         annotations = [
             p.annotation.annotation
-            for p in _all_params(node.params)
+            for p in signature.all_params(node.params)
             if p.annotation is not None
         ]
         if returns is not None:
@@ -457,139 +402,9 @@ class _JobFinder:
             _FoundJob(
                 name=name,
                 params=params,
-                returns=_code(returns) if returns is not None else None,
+                returns=signature.code(returns) if returns is not None else None,
                 options=options,
                 is_async=node.asynchronous is not None,
                 annotations=annotations,
             )
         )
-
-    def _params(self, node: cst.FunctionDef) -> tuple[Param, ...]:
-        params = node.params
-        out: list[Param] = []
-        groups: list[tuple[ParamKind, Sequence[cst.Param]]] = [
-            (ParamKind.POSITIONAL_ONLY, params.posonly_params),
-            (ParamKind.POSITIONAL_OR_KEYWORD, params.params),
-        ]
-        if isinstance(params.star_arg, cst.Param):
-            groups.append((ParamKind.VAR_POSITIONAL, [params.star_arg]))
-        groups.append((ParamKind.KEYWORD_ONLY, params.kwonly_params))
-        if params.star_kwarg is not None:
-            groups.append((ParamKind.VAR_KEYWORD, [params.star_kwarg]))
-        for kind, group in groups:
-            for param in group:
-                default = literal = None
-                if param.default is not None:
-                    default = _code(param.default)
-                    literal = non_literal(param.default) is None
-                annotation = param.annotation
-                out.append(
-                    Param(
-                        name=param.name.value,
-                        annotation=(
-                            _code(annotation.annotation)
-                            if annotation is not None
-                            else None
-                        ),
-                        default=default,
-                        kind=kind,
-                        literal=literal is not False,
-                    )
-                )
-        return tuple(out)
-
-    def _options(self, call: cst.Call) -> tuple[tuple[str, str], ...]:
-        values: dict[str, object] = {}
-        texts: dict[str, str] = {}
-        for arg in call.args:
-            if arg.star:
-                self._error(
-                    arg,
-                    "@job options cannot be unpacked with ** here; write each "
-                    "option as name=literal so lucidity-gen can check it",
-                )
-                continue
-            if arg.keyword is None:
-                self._error(
-                    arg,
-                    "@job takes options as keywords only, e.g. "
-                    '@job(fanout="random")',
-                )
-                continue
-            option = arg.keyword.value
-            if option in values:
-                self._error(arg.keyword, f"@job option {option!r} is given twice")
-                continue
-            try:
-                value = evaluate(arg.value)
-            except NotLiteral:
-                self._error(
-                    arg.value,
-                    f"@job option {option}={_code(arg.value)} is not a literal; "
-                    "options must be literals (numbers, strings, None, or + - * "
-                    "// ** on numbers) so lucidity-gen can check them",
-                )
-                continue
-            try:
-                validate_options({option: value})
-            except OptionError as exc:
-                where = arg.value if option in OPTION_NAMES else arg.keyword
-                self._error(where, str(exc))
-                continue
-            values[option] = value
-            text = _code(arg.value)
-            texts[option] = (
-                text if "#" not in text and "\n" not in text else repr(value)
-            )
-        # Only the options that differ from the defaults, in OPTION_NAMES order.
-        kept = validate_options(values).as_dict()
-        return tuple((option, texts[option]) for option in kept)
-
-
-def _all_params(params: cst.Parameters) -> Iterator[cst.Param]:
-    yield from params.posonly_params
-    yield from params.params
-    if isinstance(params.star_arg, cst.Param):
-        yield params.star_arg
-    yield from params.kwonly_params
-    if params.star_kwarg is not None:
-        yield params.star_kwarg
-
-
-def _code(node: cst.CSTNode) -> str:
-    return _EMPTY.code_for_node(node)
-
-
-def _module_names(jobs: Sequence[_FoundJob]) -> tuple[str, dict[str, str]]:
-    """Module-level names no parameter or annotation can shadow.
-
-    A stub's body reads the runtime alias and its job's `JobRef` as globals, so
-    neither may equal a parameter of any stub, an imported annotation name, or
-    another generated name; a clash is avoided by appending underscores.
-    """
-    taken = set(imports.OWN_NAMES)
-    for job in jobs:
-        taken.update(p.name for p in job.params)
-        taken.update(name for name, _ in imports.annotation_names(job.annotations))
-        taken.update(
-            f"{job.name}{suffix}"
-            for suffix in (
-                "_local",
-                "_remote",
-                "_local_async",
-                "_remote_async",
-                "_remote_fanout",
-            )
-        )
-    alias = "_lucidity"
-    while alias in taken:
-        alias += "_"
-    taken.add(alias)
-    refs: dict[str, str] = {}
-    for job in jobs:
-        ref = f"_{job.name}"
-        while ref in taken:
-            ref += "_"
-        taken.add(ref)
-        refs[job.name] = ref
-    return alias, refs

@@ -5,7 +5,8 @@ source module at run time. So, with `from __future__ import annotations`, they
 import under `if TYPE_CHECKING:` exactly what the annotations name: the
 source's own import statement for an imported name (relative imports work
 unchanged, the stubs being siblings), and `from pkg.mod import Name` for a
-name the source module defines itself.
+name the source module defines itself. `module_names` picks the names the
+stubs bind themselves so that no annotation or parameter shadows them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import libcst as cst
 from libcst.metadata import CodeRange
 
 from lucidity.codegen.errors import SourceError
-from lucidity.codegen.model import ANY
+from lucidity.codegen.model import ANY, Param
 
 __all__ = [
     "OWN_NAMES",
@@ -27,6 +28,7 @@ __all__ = [
     "AnnotationNames",
     "ImportTable",
     "annotation_names",
+    "module_names",
     "type_imports",
 ]
 
@@ -51,6 +53,17 @@ class _Positions(Protocol):
     """Where a node is (looked up only for an error)."""
 
     def __getitem__(self, node: cst.CSTNode, /) -> CodeRange: ...
+
+
+class _Named(Protocol):
+    """A job as `module_names` sees it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def params(self) -> Sequence[Param]: ...
+    @property
+    def annotations(self) -> Sequence[cst.BaseExpression]: ...
 
 
 @dataclass(frozen=True)
@@ -284,3 +297,38 @@ def type_imports(
     if local:
         ordered.append(f"from {module} import {', '.join(sorted(local))}")
     return tuple(ordered), uses_any, errors
+
+
+def module_names(jobs: Sequence[_Named]) -> tuple[str, dict[str, str]]:
+    """Module-level names no parameter or annotation can shadow.
+
+    A stub's body reads the runtime alias and its job's `JobRef` as globals, so
+    neither may equal a parameter of any stub, an imported annotation name, or
+    another generated name; a clash is avoided by appending underscores.
+    """
+    taken = set(OWN_NAMES)
+    for job in jobs:
+        taken.update(p.name for p in job.params)
+        taken.update(name for name, _ in annotation_names(job.annotations))
+        taken.update(
+            f"{job.name}{suffix}"
+            for suffix in (
+                "_local",
+                "_remote",
+                "_local_async",
+                "_remote_async",
+                "_remote_fanout",
+            )
+        )
+    alias = "_lucidity"
+    while alias in taken:
+        alias += "_"
+    taken.add(alias)
+    refs: dict[str, str] = {}
+    for job in jobs:
+        ref = f"_{job.name}"
+        while ref in taken:
+            ref += "_"
+        taken.add(ref)
+        refs[job.name] = ref
+    return alias, refs

@@ -45,6 +45,7 @@ OUTPUT_MODULES = (
     "model.py",
     "render.py",
     "rules.py",
+    "signature.py",
     "skim.py",
     "yields.py",
 )
