@@ -1,9 +1,8 @@
 """`RayEngine`: `lucidity.engine.Engine` on Ray, every job one Ray task.
 
-* placement: `local` pins the task to the caller's Ray node (hard node
-  affinity), so does an explicit `node`; otherwise `fanout` picks a live
-  node, round-robin or at random (soft affinity: Ray may move it if that
-  node is gone);
+* placement: `lucidity.ray.placement` (`local` and `node` pin, `fanout`
+  spreads), with the task's code shipped in its `runtime_env`
+  (`lucidity.ray.shipping`);
 * errors: the task (`lucidity.ray.task`) sends lucidity's error payload back
   as a value, decoded as the ZeroMQ client does (`decode_error`), so the
   job's own exception type and remote traceback arrive, not `RayTaskError`
@@ -13,7 +12,6 @@
 * `timeout` and `Job.cancel()` end a running job with `ray.cancel(force=True)`
   (its worker process is killed); `memory` and `fuel` run in a single-use
   worker (`max_calls=1`) that arms the limits before the job;
-* code: shipped in the task's `runtime_env` (`lucidity.ray.shipping`);
 * batches: `submit_batch` runs a fanout's batch in one task; the fanout
   driver (`lucidity.fanout`) sizes and windows them;
 * waits inside a Ray task go through `wait_any` (`lucidity.ray.waits`:
@@ -25,7 +23,6 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -34,24 +31,20 @@ from typing import Any
 
 import ray
 from ray import exceptions as rex
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lucidity._options import JobOptions
-from lucidity.cluster.client.placement import MAX_SYSTEM_ATTEMPTS
 from lucidity.cluster.client.results import decode_error
 from lucidity.engine import BatchResult, NodeInfo, Target, target_name
 from lucidity.errors import ClusterError, JobTimeoutError, LucidityError
 from lucidity.handle import Job
 from lucidity.ray import task
 from lucidity.ray.outcomes import ray_error
-from lucidity.ray.shipping import CodeShipper, init_args, ray_nodes
+from lucidity.ray.placement import Placement
+from lucidity.ray.shipping import init_args, ray_nodes
 from lucidity.ray.timers import Timers
 from lucidity.ray.waits import RefWaits
 
 __all__ = ["RayEngine"]
-
-# The node list is read from Ray's GCS at most this often (placement).
-NODES_TTL_S = 1.0
 
 
 class _Run:
@@ -110,22 +103,7 @@ class RayEngine:
         self._my_node = str(ray.get_runtime_context().get_node_id())
         # In a Ray worker (running a job of ours) waits go through Ray.
         self._in_worker = task._node_id is not None
-        retries = MAX_SYSTEM_ATTEMPTS - 1
-        self._tasks = {
-            (batch, limited): ray.remote(
-                num_cpus=1,
-                max_retries=retries,
-                # 0: unlimited; 1: a fresh worker for each job with limits.
-                max_calls=1 if limited else 0,
-            )(task.run_batch if batch else task.run_job)
-            for batch in (False, True)
-            for limited in (False, True)
-        }
-        self._handles: dict[tuple[Any, ...], Any] = {}
-        self._code = CodeShipper()
-        self._nodes: list[NodeInfo] = []
-        self._nodes_at = 0.0
-        self._rr = itertools.count(random.randrange(1 << 16))
+        self._placement = Placement(self._my_node)
         self._ids = itertools.count(1)
         self._runs: dict[int, _Run] = {}
         self._lock = threading.Lock()
@@ -140,57 +118,6 @@ class RayEngine:
     def usable(self) -> bool:
         """Open, and this process's (not a fork's)."""
         return not self._closed and self._pid == os.getpid()
-
-    # ---- where a task goes, with which code ---------------------------------
-
-    def _alive(self) -> list[NodeInfo]:
-        now = time.monotonic()
-        if now - self._nodes_at > NODES_TTL_S or not self._nodes:
-            self._nodes = self.nodes()
-            self._nodes_at = now
-        return self._nodes
-
-    def _place(
-        self, options: JobOptions, local: bool, node: str | None
-    ) -> tuple[str, bool] | None:
-        """(node id, soft) for the task's affinity, or None: Ray places it."""
-        if local:
-            return (self._my_node, False)
-        if node is not None:
-            return (node, False)  # pinned, as the protocol says
-        nodes = self._alive()
-        if len(nodes) <= 1:
-            return None
-        if options.fanout == "random":
-            return (random.choice(nodes).id, True)
-        return (nodes[next(self._rr) % len(nodes)].id, True)
-
-    def _handle(
-        self,
-        target: Target,
-        options: JobOptions,
-        batch: bool,
-        local: bool,
-        node: str | None,
-    ) -> Any:
-        limited = options.memory is not None or options.fuel is not None
-        place = self._place(options, local, node)
-        env = self._code.env(target)
-        key = (batch, limited, place, env[0] if env else None)
-        handle = self._handles.get(key)
-        if handle is None:
-            handle = self._tasks[batch, limited]
-            extra: dict[str, Any] = {}
-            if place is not None:
-                extra["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-                    node_id=place[0], soft=place[1]
-                )
-            if env is not None:
-                extra["runtime_env"] = env[1]
-            if extra:
-                handle = handle.options(**extra)
-            self._handles[key] = handle
-        return handle
 
     # ---- one job -------------------------------------------------------------
 
@@ -223,7 +150,7 @@ class RayEngine:
             return
         o = run.options
         try:
-            handle = self._handle(run.target, o, False, run.local, run.node)
+            handle = self._placement.handle(run.target, o, False, run.local, run.node)
             ref = handle.remote(run.target, run.args, run.kwargs, o.memory, o.fuel)
         except BaseException as exc:  # noqa: B036 - the job's failure
             self._finish(run, error=exc)
@@ -308,7 +235,7 @@ class RayEngine:
         """Run one job and wait for it: `ray.get` on the task, no handle."""
         if options.timeout is not None or options.retries:
             return self.submit(target, options, args, kwargs, local=local).result()
-        handle = self._handle(target, options, False, local, None)
+        handle = self._placement.handle(target, options, False, local, None)
         ref = handle.remote(target, args, kwargs, options.memory, options.fuel)
         try:
             ok, value, node = ray.get(ref)
@@ -339,7 +266,7 @@ class RayEngine:
         if len(items) == 1 and (options.timeout is not None or options.retries):
             return self._one(target, options, items[0], kwargs, node, single)
         future: Future[BatchResult] = Future()
-        handle = self._handle(target, options, True, False, node)
+        handle = self._placement.handle(target, options, True, False, node)
         o = options
         ref = handle.remote(target, list(items), single, kwargs, o.memory, o.fuel)
         name = target_name(target)
