@@ -7,6 +7,7 @@ Importing `lucidity` loads neither libcst, jinja2 nor black.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 from lucidity._decorator import job
 from lucidity._options import JobOptions, OptionError
@@ -22,8 +23,10 @@ from lucidity.errors import (
     NoNodesError,
     RemoteError,
 )
-from lucidity.executor import Executor
 from lucidity.handle import Job
+
+if TYPE_CHECKING:
+    from lucidity.executor import Executor
 
 __all__ = [
     "AuthenticationError",
@@ -76,3 +79,14 @@ def shutdown() -> None:
     from lucidity.engine import shutdown as _shutdown
 
     _shutdown()
+
+
+def __getattr__(name: str) -> Any:
+    # `Executor` on first use: every daemon and worker imports this package,
+    # and none of them needs the executor or the engine selector it loads.
+    if name == "Executor":
+        from lucidity.executor import Executor
+
+        globals()["Executor"] = Executor
+        return Executor
+    raise AttributeError(f"module 'lucidity' has no attribute {name!r}")

@@ -12,7 +12,6 @@ hook (`set_wait_hook`) there, which `Job.result` and the fanout driver
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future
@@ -147,6 +146,10 @@ class Job(Future, Generic[T]):  # type: ignore[type-arg]
         return True
 
     def __await__(self) -> Generator[Any, None, T]:
+        # Imported here: asyncio costs every process ~20 ms to import, and
+        # whoever awaits has it loaded already.
+        import asyncio
+
         if _blocking_hooks is None or self.done():
             return asyncio.wrap_future(self).__await__()
         return self._await_lending()
@@ -154,6 +157,8 @@ class Job(Future, Generic[T]):  # type: ignore[type-arg]
     def _await_lending(self) -> Generator[Any, None, T]:
         # An `async def` job awaiting a child: its worker's event loop is
         # idle on it as a blocking wait would be, so the slot is lent out too.
+        import asyncio
+
         with blocking():
             value: T = yield from asyncio.wrap_future(self).__await__()
         return value

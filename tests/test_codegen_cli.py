@@ -255,6 +255,19 @@ def test_importing_lucidity_loads_no_build_tools() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_a_worker_loads_neither_asyncio_nor_the_executor() -> None:
+    # Every worker imports these modules at start-up; asyncio alone costs
+    # ~20 ms, paid again for each worker of each node.
+    code = (
+        "import sys, lucidity, lucidity.cluster.node.worker\n"
+        "loaded = [m for m in ('asyncio', 'lucidity.executor', 'lucidity.engine')"
+        " if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "assert lucidity.Executor.__module__ == 'lucidity.executor'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 @pytest.mark.skipif(os.name != "posix", reason="file modes")
 def test_written_files_get_the_usual_mode(project: Path) -> None:
     assert run("app", cwd=project).returncode == 0

@@ -11,7 +11,6 @@ user code is doing.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import importlib
 import io
@@ -156,6 +155,8 @@ def _complete(coroutine: Coroutine[Any, Any, Any]) -> Any:
     """The value of an `async def` job: its coroutine run to completion in an
     event loop of its own, as `asyncio.run` does (a job's tasks and async
     generators do not outlive it)."""
+    import asyncio  # here: only `async def` jobs need it (~20 ms to import)
+
     return asyncio.run(coroutine)
 
 
