@@ -40,7 +40,7 @@ from lucidity.handle import Job
 from lucidity.ray import task
 from lucidity.ray.outcomes import ray_error
 from lucidity.ray.placement import Placement
-from lucidity.ray.shipping import init_args, ray_nodes
+from lucidity.ray.shipping import init_args
 from lucidity.ray.timers import Timers
 from lucidity.ray.waits import RefWaits
 
@@ -325,8 +325,9 @@ class RayEngine:
     # ---- the cluster ---------------------------------------------------------
 
     def nodes(self, timeout: float = 0.0) -> list[NodeInfo]:
-        """Ray's live nodes (Ray has at least the one this process joined)."""
-        return ray_nodes()
+        """Ray's live nodes (Ray has at least the one this process joined),
+        as read at most NODES_TTL_S ago."""
+        return self._placement.alive()
 
     def cancel(self, job: Job[Any]) -> None:
         """Stop `job` wherever it runs (it may already have ended)."""

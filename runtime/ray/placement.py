@@ -27,7 +27,8 @@ from lucidity.ray.shipping import CodeShipper, ray_nodes
 
 __all__ = ["NODES_TTL_S", "Placement"]
 
-# The node list is read from Ray's GCS at most this often.
+# The node list is read from Ray's GCS at most this often (placement, and
+# `RayEngine.nodes`).
 NODES_TTL_S = 1.0
 
 
@@ -53,7 +54,9 @@ class Placement:
         self._nodes_at = 0.0
         self._rr = itertools.count(random.randrange(1 << 16))
 
-    def _alive(self) -> list[NodeInfo]:
+    def alive(self) -> list[NodeInfo]:
+        """Ray's live nodes, read from its GCS at most every NODES_TTL_S (a
+        read costs ~1 ms: the fanout driver asks before every batch)."""
         now = time.monotonic()
         if now - self._nodes_at > NODES_TTL_S or not self._nodes:
             self._nodes = ray_nodes()
@@ -68,7 +71,7 @@ class Placement:
             return (self.my_node, False)
         if node is not None:
             return (node, False)  # pinned, as the protocol says
-        nodes = self._alive()
+        nodes = self.alive()
         if len(nodes) <= 1:
             return None
         if options.fanout == "random":
