@@ -16,6 +16,15 @@ STARTUP_CODE = (
 
 
 class Engine:
+    # What each workload runs, for the report (the Ray engine's differ).
+    HOW = {
+        "latency": "square_remote(x)",
+        "fanout": "square_remote_fanout(range(n))",
+        "nested": "pythagorean_remote_fanout(pairs); each parent awaits 2 "
+        "square_remote_async",
+        "payload": "echo_remote(arr)",
+    }
+
     def __init__(self, sizes: common.Sizes) -> None:
         self.sizes = sizes
 
@@ -39,7 +48,7 @@ class Engine:
         data = common.measure_latency(
             self.jobs.square_remote, s.latency_n, s.latency_warmup
         )
-        data["how"] = "square_remote(x)"
+        data["how"] = self.HOW["latency"]
         return data
 
     def fanout(self) -> dict[str, Any]:
@@ -47,19 +56,17 @@ class Engine:
         data = common.measure_fanout(
             lambda n: self.jobs.square_remote_fanout(range(n)), self.sizes.fanout_n
         )
-        data["how"] = "square_remote_fanout(range(n))"
+        data["how"] = self.HOW["fanout"]
         return data
 
     def nested(self) -> dict[str, Any]:
         data = common.measure_nested(
             self.jobs.pythagorean_remote_fanout, self.sizes.nested_n
         )
-        data["how"] = (
-            "pythagorean_remote_fanout(pairs); each parent awaits 2 square_remote_async"
-        )
+        data["how"] = self.HOW["nested"]
         return data
 
     def payload(self) -> dict[str, Any]:
         data = common.measure_payload(self.jobs.echo_remote, self.sizes.payload_reps)
-        data["how"] = "echo_remote(arr)"
+        data["how"] = self.HOW["payload"]
         return data

@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from engines import common
+from engines import common, eng_lucidity
 
 # Ray reads these when it is imported; the engine's own loopback switch also
 # covers it, the environment covers the Ray processes and the start-up child.
@@ -22,9 +21,16 @@ STARTUP_CODE = (
 )
 
 
-class Engine:
-    def __init__(self, sizes: common.Sizes) -> None:
-        self.sizes = sizes
+class Engine(eng_lucidity.Engine):
+    """The embedded engine's workloads, on Ray."""
+
+    HOW = {
+        "latency": "square_remote(x) on Ray (one task, ray.get)",
+        "fanout": "square_remote_fanout(range(n)): batched tasks, ray.wait",
+        "nested": "pythagorean_remote_fanout(pairs); each parent awaits 2 "
+        "square_remote_async (the wait goes through ray.wait: the CPU is lent)",
+        "payload": "echo_remote(arr) on Ray",
+    }
 
     def setup(self) -> None:
         from benchapp import bench_jobs
@@ -38,39 +44,3 @@ class Engine:
             f"Ray nodes: {len(nodes)}, CPUs {sum(n.slots for n in nodes)}, "
             f"addresses {sorted(n.address.rsplit(':', 1)[0] for n in nodes)}"
         ]
-
-    def teardown(self) -> None:
-        import lucidity
-
-        lucidity.shutdown()
-
-    def latency(self) -> dict[str, Any]:
-        s = self.sizes
-        data = common.measure_latency(
-            self.jobs.square_remote, s.latency_n, s.latency_warmup
-        )
-        data["how"] = "square_remote(x) on Ray (one task, ray.get)"
-        return data
-
-    def fanout(self) -> dict[str, Any]:
-        self.jobs.square_remote_fanout(range(1000))  # warm-up
-        data = common.measure_fanout(
-            lambda n: self.jobs.square_remote_fanout(range(n)), self.sizes.fanout_n
-        )
-        data["how"] = "square_remote_fanout(range(n)): batched tasks, ray.wait"
-        return data
-
-    def nested(self) -> dict[str, Any]:
-        data = common.measure_nested(
-            self.jobs.pythagorean_remote_fanout, self.sizes.nested_n
-        )
-        data["how"] = (
-            "pythagorean_remote_fanout(pairs); each parent awaits 2 "
-            "square_remote_async (the wait goes through ray.wait: the CPU is lent)"
-        )
-        return data
-
-    def payload(self) -> dict[str, Any]:
-        data = common.measure_payload(self.jobs.echo_remote, self.sizes.payload_reps)
-        data["how"] = "echo_remote(arr) on Ray"
-        return data
