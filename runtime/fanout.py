@@ -127,23 +127,30 @@ class _Run:
     def done(self, first: int, future: Future[BatchResult]) -> None:
         """A batch came back (any thread: the engine's)."""
         with self.cond:
-            self.out.pop(first, None)
-            if future.cancelled():
-                self.failures[first] = JobCancelledError(
-                    f"fanout item {first} of {self.name} was cancelled"
-                )
-            elif future.exception() is not None:
-                self.failures[first] = future.exception()  # type: ignore[assignment]
-            else:
-                batch = future.result()
-                values, failure = batch.values, batch.failure
-                ran = len(values) + (failure is not None)
-                self.values[first] = values
-                self.sizer.observe(ran, batch.elapsed_s)
-                self.progress.done += ran
-                if failure is not None:
-                    self.failures[first + failure[0]] = failure[1]
-            self.cond.notify_all()
+            try:
+                self.out.pop(first, None)
+                if future.cancelled():
+                    self.failures[first] = JobCancelledError(
+                        f"fanout item {first} of {self.name} was cancelled"
+                    )
+                elif future.exception() is not None:
+                    self.failures[first] = future.exception()  # type: ignore[assignment]
+                else:
+                    batch = future.result()
+                    values, failure = batch.values, batch.failure
+                    ran = len(values) + (failure is not None)
+                    self.values[first] = values
+                    self.sizer.observe(ran, batch.elapsed_s)
+                    self.progress.done += ran
+                    if failure is not None:
+                        self.failures[first + failure[0]] = failure[1]
+            except BaseException as exc:  # noqa: B036 - else its caller waits for ever
+                # A callback's exception is only logged by the future: the
+                # batch is a failure at its place instead, and the caller
+                # is woken to raise it.
+                self.failures.setdefault(first, exc)
+            finally:
+                self.cond.notify_all()
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait (holding `cond`) until a batch out comes back, or `timeout`."""

@@ -271,3 +271,35 @@ def test_the_stream_times_out_from_its_call(engine: ThreadEngine) -> None:
     with pytest.raises(futures.TimeoutError):
         next(it)
     assert time.monotonic() - started < 3.0
+
+
+def test_a_batch_result_the_driver_cannot_read_fails_the_fanout_not_hangs(
+    engine: ThreadEngine,
+) -> None:
+    # A done callback's exception is only logged by the future: the driver
+    # must turn it into the fanout's failure and wake its caller.
+    real = engine.submit_batch
+
+    def broken(*args: Any, **kwargs: Any) -> Future[BatchResult]:
+        out: Future[BatchResult] = Future()
+        inner = real(*args, **kwargs)
+        # `values` of None: reading the batch raises in the driver's callback.
+        inner.add_done_callback(
+            lambda f: out.set_result(BatchResult(None, None, 0.0, "x"))  # type: ignore[arg-type]
+        )
+        return out
+
+    engine.submit_batch = broken  # type: ignore[method-assign]
+    run = in_thread(lambda: fanout(engine, square, OPTIONS, [(i,) for i in range(20)]))
+    with pytest.raises(TypeError, match="NoneType"):
+        run.result(WAIT_S)
+
+
+def test_the_zmq_batch_of_a_job_whose_outcome_cannot_be_read_fails() -> None:
+    from lucidity.cluster.client.engine import _many, _settled
+
+    job: Future[Any] = Future()
+    out: Future[BatchResult] = Future()
+    job.set_result(("not", "a batch"))  # unpacking it raises ValueError
+    _settled(_many)(job, out)
+    assert isinstance(out.exception(0), ValueError)

@@ -272,15 +272,20 @@ class RayEngine:
         name = target_name(target)
 
         def done(result: Any) -> None:
-            if isinstance(result, BaseException):
-                future.set_exception(ray_error(name, result))
-            else:
-                values, fail, elapsed, where = result
-                error = None
-                if fail is not None:
-                    error = (fail[0], decode_error([fail[1]], where))
-                future.set_result(BatchResult(values, error, elapsed, where))
-            self._waits.told()
+            try:
+                if isinstance(result, BaseException):
+                    future.set_exception(ray_error(name, result))
+                else:
+                    values, fail, elapsed, where = result
+                    error = None
+                    if fail is not None:
+                        error = (fail[0], decode_error([fail[1]], where))
+                    future.set_result(BatchResult(values, error, elapsed, where))
+            except BaseException as exc:  # noqa: B036 - else the fanout waits for ever
+                if not future.done():
+                    future.set_exception(exc)
+            finally:
+                self._waits.told()
 
         self._waits.track(future, ref)
         ref._on_completed(done)

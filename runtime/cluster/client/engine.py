@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
@@ -38,6 +38,26 @@ def _wire(target: Target, args: Any) -> tuple[str, Any]:
     if isinstance(target, str):
         return target, args
     return encode_callable(target, args)
+
+
+def _settled(
+    convert: Callable[[Future[Any], Future[BatchResult]], None],
+) -> Callable[[Future[Any], Future[BatchResult]], None]:
+    """`convert` a job's outcome into its batch's, and fail the batch with
+    whatever `convert` raises: an exception in a done callback is only
+    logged, and an unresolved batch would leave its fanout waiting for ever."""
+
+    def settle(job: Future[Any], out: Future[BatchResult]) -> None:
+        try:
+            convert(job, out)
+        except BaseException as exc:  # noqa: B036 - see the docstring
+            if not out.done():
+                try:
+                    out.set_exception(exc)
+                except InvalidStateError:
+                    pass  # resolved meanwhile
+
+    return settle
 
 
 def _one(job: Future[Any], out: Future[BatchResult], started: float) -> None:
@@ -142,7 +162,8 @@ class ZmqEngine:
             job = client.submit(
                 name, options, args, kwargs=kwargs, addr=addr, blocking=True
             )
-            job.add_done_callback(lambda j: _one(j, out, started))
+            one = _settled(lambda j, o: _one(j, o, started))
+            job.add_done_callback(lambda j: one(j, out))
         else:
             name, wire_items = _wire(target, list(items))
             job = client.submit(
@@ -154,7 +175,8 @@ class ZmqEngine:
                 blocking=True,
                 batch="single" if single else "tuples",
             )
-            job.add_done_callback(lambda j: _many(j, out))
+            many = _settled(_many)
+            job.add_done_callback(lambda j: many(j, out))
 
         def cancel(_: Future[BatchResult]) -> None:
             if out.cancelled():
