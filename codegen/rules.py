@@ -38,6 +38,7 @@ __all__ = [
 # `discover` and `cli` decide which files are written, not what is in them.
 OUTPUT_MODULES = (
     "collect.py",
+    "finder.py",
     "imports.py",
     "layout.py",
     "literals.py",

@@ -43,7 +43,7 @@ _BLOCKS = ("body", "orelse", "finalbody")
 class Yields:
     """Where each def's first own `yield` is, from CPython's parser, which
     parses many times faster than libcst's tree can be visited; defs are
-    numbered in source order, as `_JobFinder` meets them."""
+    numbered in source order, as `JobFinder` meets them."""
 
     def __init__(
         self,
