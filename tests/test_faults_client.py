@@ -26,6 +26,7 @@ import pytest
 import waits
 
 import lucidity
+from lucidity import _stubs
 from lucidity.cluster.client import core as client_mod
 from lucidity.cluster.client import placement
 from lucidity.errors import (
@@ -153,9 +154,14 @@ def test_a_hung_node_holds_up_only_its_own_jobs(rt_daemons: Any) -> None:
     rt_daemons.node(ctl.endpoint)
     app = _connect(ctl.endpoint, nodes=2)
     rt_daemons.signal(hung, signal.SIGSTOP)
-    # About half go to each: more than the hung node's pipe takes.
-    jobs = [app.too_slow_remote_async(0.0) for _ in range(3000)]
-    done, left = futures.wait(jobs, timeout=40)
+    # About half go to each: more than the hung node's pipe takes. The
+    # timeout runs from submission: 5 s lets a loaded machine's healthy node
+    # serve its ~1500 (with 1 s, CI's served 819 in time).
+    patient: _stubs.JobRef[float] = _stubs.JobRef(
+        "lucidity_rtapp.work:too_slow", {"timeout": 5.0}
+    )
+    jobs = [_stubs.submit_remote(patient, (0.0,)) for _ in range(3000)]
+    done, left = futures.wait(jobs, timeout=45)
     assert not left, f"{len(left)} of 3000 jobs never ended"
     timed_out = [j for j in jobs if isinstance(j.exception(), JobTimeoutError)]
     served = [j for j in jobs if j.exception() is None and j.result() == 0.0]
@@ -308,3 +314,26 @@ def test_cancel_racing_a_failure_leaves_the_others_handled(
         second.result(timeout=20)
     failed = [r for r in caplog.records if "handler failed" in r.getMessage()]
     assert not failed, failed[0].exc_info
+
+
+def test_a_submitted_jobs_handle_is_the_one_the_io_thread_completes(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handle `submit` returns is the one its result completes, whichever
+    thread asks for it first: a caller thread that made a second one after
+    handing the job over would wait on it for ever (a fanout batch hung so)."""
+    from lucidity.cluster.client import pending as pending_mod
+
+    caller = threading.get_ident()
+
+    class SlowToMake(pending_mod.Job):  # type: ignore[name-defined,misc]
+        def __init__(self, *args: Any) -> None:
+            if threading.get_ident() == caller:
+                # Widen the caller's window: the I/O thread places the job
+                # meanwhile, as it may on a loaded machine.
+                time.sleep(0.3)
+            super().__init__(*args)
+
+    monkeypatch.setattr(pending_mod, "Job", SlowToMake)
+    jobs = [app.square_remote_async(i) for i in range(5)]
+    assert [j.result(timeout=15) for j in jobs] == [i * i for i in range(5)]

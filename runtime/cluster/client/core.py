@@ -102,8 +102,12 @@ class Client(_FastPath):
         pending = self._pending(
             target, options, args, local, addr, blocking, batch, kwargs
         )
+        # Made before the I/O thread has the job: made after, both threads
+        # could find none and each make one, and the caller would wait on
+        # the one nobody completes.
+        job = pending.job
         self._post(("submit", pending))
-        return pending.job
+        return job
 
     def _cancel(self, job: Job[Any]) -> None:
         if not self._closed:
