@@ -152,7 +152,7 @@ def test_a_hung_node_holds_up_only_its_own_jobs(rt_daemons: Any) -> None:
     ctl = rt_daemons.control()
     hung = rt_daemons.node(ctl.endpoint)
     rt_daemons.node(ctl.endpoint)
-    app = _connect(ctl.endpoint, nodes=2)
+    _connect(ctl.endpoint, nodes=2)
     rt_daemons.signal(hung, signal.SIGSTOP)
     # About half go to each: more than the hung node's pipe takes. The
     # timeout runs from submission: 5 s lets a loaded machine's healthy node
