@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 
 
-def scaled(x: int, factor: int = 1) -> tuple[int, int]:
-    return x * factor, os.getpid()
+def scaled(x: int, factor: int = 1) -> tuple[int, tuple[int, int]]:
+    """The product, and where it ran: this process and its parent (a node,
+    for a worker; a spare worker may be gone by the time a test looks)."""
+    return x * factor, (os.getpid(), os.getppid())
 
 
 class Adder:

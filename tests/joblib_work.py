@@ -15,14 +15,20 @@ def square(x: int) -> int:
     return x * x
 
 
-def pid_of(x: int) -> tuple[int, int]:
-    return x, os.getpid()
+def where() -> tuple[int, int]:
+    """This process and its parent: a node, for a worker (a spare worker
+    that ran a job may be gone by the time a test looks)."""
+    return os.getpid(), os.getppid()
 
 
-def nested(n: int) -> tuple[int, int]:
+def pid_of(x: int) -> tuple[int, tuple[int, int]]:
+    return x, where()
+
+
+def nested(n: int) -> tuple[int, tuple[int, int]]:
     """A batch that runs a Parallel of its own (on the cluster, from a worker)."""
     inner = Parallel(n_jobs=2)(delayed(square)(i) for i in range(n))
-    return sum(inner), os.getpid()
+    return sum(inner), where()
 
 
 def sleep_or_fail(i: int, folder: str) -> int:
@@ -35,12 +41,15 @@ def sleep_or_fail(i: int, folder: str) -> int:
 
 
 class PidScorer:
-    """Accuracy, and the pid of the process that scored, in `folder`."""
+    """Accuracy, and the pid of the process that scored and of its parent,
+    in `folder`."""
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
 
     def __call__(self, estimator: Any, X: Any, y: Any) -> float:
-        pid = os.getpid()
-        (Path(self.folder) / f"{pid}-{time.monotonic_ns()}").write_text(str(pid))
+        pid, parent = where()
+        (Path(self.folder) / f"{pid}-{time.monotonic_ns()}").write_text(
+            f"{pid} {parent}"
+        )
         return float((estimator.predict(X) == y).mean())

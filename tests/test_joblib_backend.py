@@ -18,14 +18,18 @@ joblib = pytest.importorskip(
     "joblib", reason="joblib is a test tool: pip install .[test]"
 )
 import joblib_work  # noqa: E402
-from conftest import descendants, wait_gone  # noqa: E402
+from conftest import wait_gone  # noqa: E402
 
 import lucidity.joblib  # noqa: E402, F401 - registers "lucidity"
 from lucidity.joblib import LucidityBackend  # noqa: E402
 
 
-def _worker_pids(cluster: Any) -> set[int]:
-    return {pid for node in cluster.node_pids for pid in descendants(node)}
+def _in_workers(places: Any, cluster: Any) -> bool:
+    """Every (pid, parent pid) is a worker of one of `cluster`'s nodes."""
+    places = set(places)
+    return all(pid != os.getpid() for pid, _ in places) and {
+        parent for _, parent in places
+    } <= set(cluster.node_pids)
 
 
 def test_parallel_results_equal_sequential_and_ran_in_workers(rt_client: Any) -> None:
@@ -39,9 +43,8 @@ def test_parallel_results_equal_sequential_and_ran_in_workers(rt_client: Any) ->
         )
         pids = Parallel(n_jobs=-1)(delayed(joblib_work.pid_of)(i) for i in range(20))
     assert [x for x, _ in pids] == list(range(20))
-    ran = {pid for _, pid in pids}
-    assert os.getpid() not in ran
-    assert ran <= _worker_pids(rt_client), (ran, rt_client.node_pids)
+    ran = {place for _, place in pids}
+    assert _in_workers(ran, rt_client), (ran, rt_client.node_pids)
 
 
 def test_n_jobs_minus_one_is_every_slot(rt_client: Any) -> None:
@@ -91,7 +94,7 @@ def test_nested_parallel_does_not_deadlock(rt_client: Any) -> None:
             delayed(joblib_work.nested)(n) for n in (5, 6)
         )
     assert [total for total, _ in out] == [30, 55]
-    assert {pid for _, pid in out} <= _worker_pids(rt_client)
+    assert _in_workers((place for _, place in out), rt_client)
 
 
 def test_a_failure_aborts_the_running_batches(rt_client: Any, tmp_path: Path) -> None:
@@ -138,7 +141,8 @@ def test_grid_search_on_iris_equals_sequential(rt_client: Any, tmp_path: Path) -
     assert list(spread.cv_results_["mean_test_score"]) == list(
         sequential.cv_results_["mean_test_score"]
     )
-    scored = {int(p.read_text()) for p in (tmp_path / "spread").iterdir()}
-    assert os.getpid() not in scored
-    assert scored <= _worker_pids(rt_client)
+    scored = {
+        tuple(map(int, p.read_text().split())) for p in (tmp_path / "spread").iterdir()
+    }
+    assert _in_workers(scored, rt_client), (scored, rt_client.node_pids)
     assert len(list((tmp_path / "spread").iterdir())) == 8 * 3
