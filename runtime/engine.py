@@ -99,13 +99,15 @@ class BatchResult:
     `values` holds the results of the items before the first failure, in
     order; `failure` is (index in the batch, exception) of the first item that
     failed, if one did (the items after it were not run); `elapsed_s` is how
-    long the batch ran where it ran (the driver sizes batches from it).
+    long the batch ran where it ran, and `waited_s` how much of that its
+    items waited on nested jobs (the driver sizes batches from both).
     """
 
     values: list[Any]
     failure: tuple[int, BaseException] | None
     elapsed_s: float
     node: str
+    waited_s: float = 0.0
 
 
 @runtime_checkable

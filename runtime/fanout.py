@@ -1,7 +1,9 @@
 """The fanout driver: one function run over many items, on any engine.
 
 `fanout` sends the items in batches through `Engine.submit_batch`, sized by
-`ChunkSizer` to run about CHUNK_TARGET_S each where they run, at most
+`ChunkSizer` to run about CHUNK_TARGET_S each where they run (of their items'
+own time: what they wait on nested jobs, as the engine reports it, does not
+count, up to CHUNK_WALL_MAX_S a batch), at most
 FANOUT_WINDOW_PER_SLOT batches in flight per slot of the engine's nodes, the
 rest read from the (maybe lazy) input as results come back. Results come
 back in input order; on a failure nothing more is submitted, what is out
@@ -37,7 +39,7 @@ from typing import Any
 from lucidity._options import JobOptions
 from lucidity.engine import BatchResult, Engine, Target, target_name
 from lucidity.errors import JobCancelledError
-from lucidity.handle import blocking, wait_hook
+from lucidity.handle import blocking, hooked_wait, wait_hook
 from lucidity.printer import settle
 from lucidity.progress import FanoutProgress
 
@@ -45,6 +47,7 @@ __all__ = [
     "CHUNK_MAX_ITEMS",
     "CHUNK_MIN_ITEMS",
     "CHUNK_TARGET_S",
+    "CHUNK_WALL_MAX_S",
     "FANOUT_WINDOW_PER_SLOT",
     "ChunkSizer",
     "SendBatch",
@@ -62,6 +65,11 @@ CHUNK_TARGET_S = 0.02
 # go one per batch (a small fanout stays spread out).
 CHUNK_MAX_ITEMS = 8192
 CHUNK_MIN_ITEMS = 4
+# Items that wait on nested jobs (their slot or CPU lent meanwhile) are
+# sized by their own time, less the wait, but a batch of them still runs its
+# items one after another: it is held to about this long where it runs (or
+# CHUNK_TARGET_S, if longer).
+CHUNK_WALL_MAX_S = 0.25
 
 
 class ChunkSizer:
@@ -70,26 +78,38 @@ class ChunkSizer:
     Until a batch has come back nothing is known about the job's cost, so
     items go one per batch (a window of them: a slow job is spread over every
     node at once). Then batches are sized from the measured time per item, as
-    the engine reports it, to take about CHUNK_TARGET_S; when the number of
-    items left is known, no batch takes more than its share of the tail.
+    the engine reports it, to take about CHUNK_TARGET_S of the items' own
+    time: what they waited on nested jobs does not count (a nested parent's
+    own work is its submissions), but a batch is held to CHUNK_WALL_MAX_S
+    where it runs. When the number of items left is known, no batch takes
+    more than its share of the tail.
     """
 
-    __slots__ = ("per_item_s",)
+    __slots__ = ("per_item_s", "wall_per_item_s")
 
     def __init__(self) -> None:
+        # Own time per item (elapsed less waited), and elapsed time per item.
         self.per_item_s: float | None = None
+        self.wall_per_item_s = 0.0
 
-    def observe(self, count: int, elapsed_s: float) -> None:
+    def observe(self, count: int, elapsed_s: float, waited_s: float = 0.0) -> None:
         if count <= 0:
             return
-        seen = elapsed_s / count
+        own = max(elapsed_s - waited_s, 0.0) / count
+        wall = elapsed_s / count
         last = self.per_item_s
-        self.per_item_s = seen if last is None else (last + seen) / 2
+        if last is None:
+            self.per_item_s, self.wall_per_item_s = own, wall
+        else:
+            self.per_item_s = (last + own) / 2
+            self.wall_per_item_s = (self.wall_per_item_s + wall) / 2
 
     def size(self, left: int | None, slots: int) -> int:
         if self.per_item_s is None:
             return 1
         size = int(CHUNK_TARGET_S / max(self.per_item_s, 1e-9))
+        wall = max(CHUNK_WALL_MAX_S, CHUNK_TARGET_S)  # it binds waiting items only
+        size = min(size, int(wall / max(self.wall_per_item_s, 1e-9)))
         if left is not None:
             size = min(size, -(-left // (2 * slots)))
         if size < CHUNK_MIN_ITEMS:
@@ -140,7 +160,7 @@ class _Run:
                     values, failure = batch.values, batch.failure
                     ran = len(values) + (failure is not None)
                     self.values[first] = values
-                    self.sizer.observe(ran, batch.elapsed_s)
+                    self.sizer.observe(ran, batch.elapsed_s, batch.waited_s)
                     self.progress.done += ran
                     if failure is not None:
                         self.failures[first + failure[0]] = failure[1]
@@ -164,7 +184,7 @@ class _Run:
             return
         self.cond.release()
         try:
-            hook(futures, timeout)
+            hooked_wait(hook, futures, timeout)
         finally:
             self.cond.acquire()
 

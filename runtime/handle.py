@@ -13,11 +13,12 @@ hook (`set_wait_hook`) there, which `Job.result` and the fanout driver
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Job", "set_wait_hook", "wait_hook"]
+__all__ = ["Job", "hooked_wait", "set_wait_hook", "wait_hook", "waited_s"]
 
 T = TypeVar("T")
 
@@ -64,19 +65,46 @@ def child_depth() -> int | None:
     return None if _job_depth is None else _job_depth + 1
 
 
+# Seconds user code of this process has spent waiting on child jobs, through
+# its worker's hooks: a fanout batch's own time is its run less what it
+# waited (`waited_s`), which is how batches of nested jobs are sized.
+_waited_s = 0.0
+
+
+def waited_s() -> float:
+    """The seconds this process has waited on child jobs so far."""
+    return _waited_s
+
+
+def hooked_wait(
+    hook: WaitHook, futures: Sequence[Future[Any]], timeout: float | None
+) -> None:
+    """`hook(futures, timeout)`, its time counted in `waited_s`."""
+    global _waited_s
+    started = time.perf_counter()
+    try:
+        hook(futures, timeout)
+    finally:
+        _waited_s += time.perf_counter() - started
+
+
 class _Wait:
     """A wait of user code on child jobs, between its worker's hooks."""
 
-    __slots__ = ("hooks",)
+    __slots__ = ("hooks", "started")
 
     def __init__(self, hooks: tuple[Callable[[], None], Callable[[], None]]) -> None:
         self.hooks = hooks
+        self.started = 0.0
 
     def __enter__(self) -> None:
+        self.started = time.perf_counter()
         self.hooks[0]()
 
     def __exit__(self, *exc: object) -> None:
+        global _waited_s
         self.hooks[1]()
+        _waited_s += time.perf_counter() - self.started
 
 
 # Outside a worker: nothing to tell (and no generator-based context manager
@@ -111,7 +139,7 @@ class Job(Future, Generic[T]):  # type: ignore[type-arg]
 
     def result(self, timeout: float | None = None) -> T:
         if _wait_hook is not None and not self.done():
-            _wait_hook((self,), timeout)
+            hooked_wait(_wait_hook, (self,), timeout)
             # Done now, or `timeout` has passed.
             return super().result(None if timeout is None else 0)  # type: ignore[no-any-return]
         if _blocking_hooks is not None and not self.done():

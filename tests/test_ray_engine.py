@@ -296,6 +296,26 @@ def test_remote_fanout(app: Any) -> None:
     assert app.square_remote_fanout(range(5000)) == [i * i for i in range(5000)]
 
 
+def test_items_that_wait_on_nested_jobs_share_a_batch(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Their waits go through Ray's (the task's wait hook), and the task
+    # reports them: a parent that only waits costs a task of its own no more.
+    from lucidity.ray import get_engine
+
+    eng = get_engine()
+    sizes: list[int] = []
+    real = eng.submit_batch
+
+    def spy(target: Any, options: Any, items: Any, *a: Any, **k: Any) -> Any:
+        sizes.append(len(items))
+        return real(target, options, items, *a, **k)
+
+    monkeypatch.setattr(eng, "submit_batch", spy)
+    assert app.wait_on_sleep_remote_fanout([0.02] * 120) == [0.02] * 120
+    assert max(sizes) >= 4, sizes
+
+
 def test_local_runs_on_the_callers_ray_node(app: Any, engine: Any) -> None:
     assert app.square_local(6) == 36
     tag, pid, _, node_id = app.where_local(1)

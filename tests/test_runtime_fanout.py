@@ -71,6 +71,30 @@ def test_fuel_is_a_budget_per_item_of_a_chunk(
     assert app.spin_remote(0.01) > 0  # the worker was replaced
 
 
+def test_items_that_wait_on_nested_jobs_share_a_chunk(
+    app: Any, chunks: list[int]
+) -> None:
+    # A parent that only waits 20 ms on its child costs its node little of
+    # its own: many share a message (Ray's nested rate is bound by its cost
+    # per task). A job that sleeps 20 ms itself keeps one item per message.
+    assert app.wait_on_sleep_remote_fanout([0.02] * 120) == [0.02] * 120
+    assert max(chunks) >= driver.CHUNK_MIN_ITEMS, chunks
+    chunks.clear()
+    assert app.sleep_remote_fanout([0.02] * 40) == [0.02] * 40
+    assert set(chunks) == {1}, chunks
+
+
+def test_a_chunk_of_waiting_items_is_held_to_its_wall_time() -> None:
+    sizer = _ChunkSizer()
+    # 10 ms an item, 9.5 of them waiting on nested jobs: sized by the 0.5 ms
+    # of its own (40 items for 20 ms), held to CHUNK_WALL_MAX_S (25 items).
+    sizer.observe(10, 0.1, 0.095)
+    assert sizer.size(None, 2) == int(driver.CHUNK_WALL_MAX_S / 0.01)
+    alone = _ChunkSizer()
+    alone.observe(10, 0.1, 0.0)  # the same 10 ms, its own: one per chunk
+    assert alone.size(None, 2) == 1
+
+
 def test_chunk_size_follows_the_measured_cost_of_an_item() -> None:
     sizer = _ChunkSizer()
     assert sizer.size(None, 2) == 1  # nothing known yet: one item per chunk

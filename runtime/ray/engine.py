@@ -107,7 +107,7 @@ class RayEngine:
         self._ids = itertools.count(1)
         self._runs: dict[int, _Run] = {}
         self._lock = threading.Lock()
-        self._waits = RefWaits()
+        self._waits = RefWaits(active=self._in_worker)
         self._pid = os.getpid()
         self._closed = False
 
@@ -151,7 +151,7 @@ class RayEngine:
         o = run.options
         try:
             handle = self._placement.handle(run.target, o, False, run.local, run.node)
-            ref = handle.remote(run.target, run.args, run.kwargs, o.memory, o.fuel)
+            ref = handle.remote((run.target, run.args, run.kwargs, o.memory, o.fuel))
         except BaseException as exc:  # noqa: B036 - the job's failure
             self._finish(run, error=exc)
             return
@@ -236,7 +236,7 @@ class RayEngine:
         if options.timeout is not None or options.retries:
             return self.submit(target, options, args, kwargs, local=local).result()
         handle = self._placement.handle(target, options, False, local, None)
-        ref = handle.remote(target, args, kwargs, options.memory, options.fuel)
+        ref = handle.remote((target, args, kwargs, options.memory, options.fuel))
         try:
             ok, value, node = ray.get(ref)
         except rex.RayError as exc:
@@ -268,7 +268,7 @@ class RayEngine:
         future: Future[BatchResult] = Future()
         handle = self._placement.handle(target, options, True, False, node)
         o = options
-        ref = handle.remote(target, list(items), single, kwargs, o.memory, o.fuel)
+        ref = handle.remote((target, list(items), single, kwargs, o.memory, o.fuel))
         name = target_name(target)
 
         def done(result: Any) -> None:
@@ -276,11 +276,12 @@ class RayEngine:
                 if isinstance(result, BaseException):
                     future.set_exception(ray_error(name, result))
                 else:
-                    values, fail, elapsed, where = result
+                    values, fail, elapsed, where, waited = result
                     error = None
                     if fail is not None:
                         error = (fail[0], decode_error([fail[1]], where))
-                    future.set_result(BatchResult(values, error, elapsed, where))
+                    batch = BatchResult(values, error, elapsed, where, waited)
+                    future.set_result(batch)
             except BaseException as exc:  # noqa: B036 - else the fanout waits for ever
                 if not future.done():
                     future.set_exception(exc)

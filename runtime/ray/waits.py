@@ -13,7 +13,8 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import wait as futures_wait
 from typing import Any
 
 import ray
@@ -27,7 +28,10 @@ class RefWaits:
     """The Ray task behind each future out, and a condition told whenever
     one changes or a future ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, active: bool = True) -> None:
+        # Only a Ray worker's waits go through here (the wait hook its task
+        # set): elsewhere tracking would cost every job a lock and a notify.
+        self.active = active
         self._refs: weakref.WeakKeyDictionary[Future[Any], Any] = (
             weakref.WeakKeyDictionary()
         )
@@ -35,14 +39,16 @@ class RefWaits:
 
     def track(self, future: Future[Any], ref: Any) -> None:
         """`future` now waits on `ref` (a Ray task, or a Job of ours)."""
-        with self._changed:
-            self._refs[future] = ref
-            self._changed.notify_all()
+        if self.active:
+            with self._changed:
+                self._refs[future] = ref
+                self._changed.notify_all()
 
     def told(self) -> None:
         """A future ended (or was cancelled)."""
-        with self._changed:
-            self._changed.notify_all()
+        if self.active:
+            with self._changed:
+                self._changed.notify_all()
 
     def _ref_of(self, future: Future[Any]) -> Any:
         ref = self._refs.get(future)
@@ -55,6 +61,9 @@ class RefWaits:
         through `ray.wait`, which lends this Ray worker's CPU meanwhile. A
         task already seen ready whose future is not yet set (its callback is
         on its way) is waited for on `_changed`, not asked again."""
+        if not self.active:  # nothing tracked: the futures' own wait
+            futures_wait(futures, timeout, return_when=FIRST_COMPLETED)
+            return
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: set[Any] = set()
         while True:

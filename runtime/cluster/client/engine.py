@@ -89,11 +89,11 @@ def _many(job: Future[Any], out: Future[BatchResult]) -> None:
         if exc is not None:
             out.set_exception(exc)
             return
-        values, fail, elapsed, where = job.result()
+        values, fail, elapsed, where, waited = job.result()
         failure = None
         if fail is not None:
             failure = (fail[0], decode_error([fail[1]], where))
-        out.set_result(BatchResult(values, failure, elapsed, where))
+        out.set_result(BatchResult(values, failure, elapsed, where, waited))
     except InvalidStateError:
         pass  # cancelled by its caller meanwhile
 

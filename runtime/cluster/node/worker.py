@@ -27,7 +27,7 @@ from typing import Any
 from lucidity.cluster.node.limits import NO_LIMITS, Limits
 from lucidity.cluster.wire import _link, _shm
 from lucidity.cluster.wire import protocol as p
-from lucidity.handle import set_blocking_hooks, set_job_depth
+from lucidity.handle import set_blocking_hooks, set_job_depth, waited_s
 
 __all__ = ["main", "resolve"]
 
@@ -170,9 +170,10 @@ def _run_batch(
 ) -> tuple[bool, list[Any], bool]:
     """Run a fanout chunk, item after item, stopping at the first failure.
 
-    The result is (values, failure, seconds, node): a value per item that
-    ran, and for the item that failed (index, error payload). Limits hold per
-    item: fuel is a budget for each one, and a limit hit retires the worker.
+    The result is (values, failure, seconds, node, seconds waited): a value
+    per item that ran, for the item that failed (index, error payload), and
+    how long the items waited on nested jobs. Limits hold per item: fuel is
+    a budget for each one, and a limit hit retires the worker.
     """
     values: list[Any] = []
     fail: tuple[int, Any] | None = None
@@ -180,7 +181,7 @@ def _run_batch(
     # Without keyword arguments (most fanouts) an item's call is the plain
     # call: `**{}` costs each of them a dict.
     call = functools.partial(func, **kwargs) if kwargs else func
-    started = time.perf_counter()
+    started, waited = time.perf_counter(), waited_s()
     with limits:
         for index, args in enumerate(items):
             try:
@@ -195,9 +196,10 @@ def _run_batch(
                 frames, retire = _failure(exc, limits)
                 fail = (index, frames[0])
                 break
-    elapsed = time.perf_counter() - started
+    elapsed, waited = time.perf_counter() - started, waited_s() - waited
     node = os.environ.get("LUCIDITY_NODE_ID", "?")
-    return True, p.dumps_payload((values, fail, elapsed, node), reply), retire
+    result = (values, fail, elapsed, node, waited)
+    return True, p.dumps_payload(result, reply), retire
 
 
 def _flush_output() -> None:

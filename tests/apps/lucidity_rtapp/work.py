@@ -93,6 +93,14 @@ def sleep(seconds: float) -> float:
 
 
 @job
+def wait_on_sleep(seconds: float) -> float:
+    """A nested parent that only waits: its child sleeps."""
+    from lucidity_rtapp.work_jobs import sleep_remote_async
+
+    return sleep_remote_async(seconds).await_get()
+
+
+@job
 def echo_after(value: int, seconds: float) -> int:
     time.sleep(seconds)
     return value
