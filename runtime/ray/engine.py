@@ -156,13 +156,18 @@ class RayEngine:
             self._finish(run, error=exc)
             return
         run.ref = ref
-        self._waits.track(run.job, ref)
-        ref._on_completed(functools.partial(self._on_done, run, ref))
+        settle = functools.partial(self._on_done, run, ref)
+        self._waits.track(run.job, ref, settle)
+        ref._on_completed(settle)
 
     def _on_done(self, run: _Run, ref: Any, result: Any) -> None:
-        # Ray's callback thread: decode, and leave Ray calls to another thread.
-        if run.ref is not ref or run.job.done():
-            return
+        # Ray's callback thread, or a waiter in a Ray task that got there
+        # first (`RefWaits`): once per task, decode, and leave Ray calls to
+        # another thread.
+        with self._lock:
+            if run.ref is not ref or run.job.done():
+                return
+            run.ref = None  # settled: the other one does nothing
         if isinstance(result, BaseException):
             self._finish(run, error=ray_error(run.job.target, result))
             return

@@ -12,12 +12,13 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as futures_wait
 from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError, RayError
 
 from lucidity.handle import Job
 
@@ -35,13 +36,25 @@ class RefWaits:
         self._refs: weakref.WeakKeyDictionary[Future[Any], Any] = (
             weakref.WeakKeyDictionary()
         )
+        self._settle: weakref.WeakKeyDictionary[Future[Any], Callable[[Any], None]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._changed = threading.Condition()
 
-    def track(self, future: Future[Any], ref: Any) -> None:
-        """`future` now waits on `ref` (a Ray task, or a Job of ours)."""
+    def track(
+        self,
+        future: Future[Any],
+        ref: Any,
+        settle: Callable[[Any], None] | None = None,
+    ) -> None:
+        """`future` now waits on `ref` (a Ray task, or a Job of ours);
+        `settle(outcome)` completes it from the task's outcome (or its Ray
+        error), at most once whoever calls it (its completion callback too)."""
         if self.active:
             with self._changed:
                 self._refs[future] = ref
+                if settle is not None:
+                    self._settle[future] = settle
                 self._changed.notify_all()
 
     def told(self) -> None:
@@ -56,6 +69,26 @@ class RefWaits:
             return self._refs.get(ref)  # a one-job batch: the job's task
         return ref
 
+    def _fetch(self, future: Future[Any], timeout: float | None) -> bool:
+        """One job waited on (`Job.result`): `ray.get` its task here and
+        settle it, rather than `ray.wait` and then wait for Ray's callback
+        thread to run its completion (a hop per job). False: not such a job
+        (or no task yet), or not done yet (its run again was started)."""
+        with self._changed:
+            if future.done():
+                return True
+            settle, ref = self._settle.get(future), self._refs.get(future)
+        if settle is None or ref is None:
+            return False
+        try:
+            outcome = ray.get(ref, timeout=timeout)
+        except GetTimeoutError:
+            return True  # `timeout` passed: the caller sees it not done
+        except RayError as exc:
+            outcome = exc  # what its completion callback is given too
+        settle(outcome)
+        return future.done()
+
     def wait_any(self, futures: Sequence[Future[Any]], timeout: float | None) -> None:
         """Until one of `futures` (of this engine) is done, or `timeout` s:
         through `ray.wait`, which lends this Ray worker's CPU meanwhile. A
@@ -63,6 +96,8 @@ class RefWaits:
         on its way) is waited for on `_changed`, not asked again."""
         if not self.active:  # nothing tracked: the futures' own wait
             futures_wait(futures, timeout, return_when=FIRST_COMPLETED)
+            return
+        if len(futures) == 1 and self._fetch(futures[0], timeout):
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: set[Any] = set()
