@@ -316,6 +316,10 @@ def test_items_that_wait_on_nested_jobs_share_a_batch(
     assert max(sizes) >= 4, sizes
 
 
+def test_a_worker_keeps_nothing_of_the_jobs_it_waited_on(app: Any) -> None:
+    assert app.tracked_after_remote(50) == 0
+
+
 def test_local_runs_on_the_callers_ray_node(app: Any, engine: Any) -> None:
     assert app.square_local(6) == 36
     tag, pid, _, node_id = app.where_local(1)

@@ -107,7 +107,7 @@ class RayEngine:
         self._ids = itertools.count(1)
         self._runs: dict[int, _Run] = {}
         self._lock = threading.Lock()
-        self._waits = RefWaits(active=self._in_worker)
+        self._waits = RefWaits(active=self._in_worker, fetched=self._on_fetched)
         self._pid = os.getpid()
         self._closed = False
 
@@ -156,9 +156,15 @@ class RayEngine:
             self._finish(run, error=exc)
             return
         run.ref = ref
-        settle = functools.partial(self._on_done, run, ref)
-        self._waits.track(run.job, ref, settle)
-        ref._on_completed(settle)
+        self._waits.track(run.job, ref)
+        ref._on_completed(functools.partial(self._on_done, run, ref))
+
+    def _on_fetched(self, job: Job[Any], ref: Any, outcome: Any) -> None:
+        """A waiter in a Ray task fetched `job`'s task `ref` (`RefWaits`)."""
+        with self._lock:
+            run = self._runs.get(job.job_id)
+        if run is not None:
+            self._on_done(run, ref, outcome)
 
     def _on_done(self, run: _Run, ref: Any, result: Any) -> None:
         # Ray's callback thread, or a waiter in a Ray task that got there

@@ -29,32 +29,29 @@ class RefWaits:
     """The Ray task behind each future out, and a condition told whenever
     one changes or a future ends."""
 
-    def __init__(self, active: bool = True) -> None:
+    def __init__(
+        self,
+        active: bool = True,
+        fetched: Callable[[Job[Any], Any, Any], None] | None = None,
+    ) -> None:
         # Only a Ray worker's waits go through here (the wait hook its task
         # set): elsewhere tracking would cost every job a lock and a notify.
         self.active = active
+        # fetched(job, ref, outcome): settles `job` from its task `ref`'s
+        # outcome (or Ray error), once whoever calls it, its completion
+        # callback included. Looked up by job id, not kept per job: a value
+        # that held its job would keep this weak dictionary's key alive.
+        self._fetched = fetched
         self._refs: weakref.WeakKeyDictionary[Future[Any], Any] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._settle: weakref.WeakKeyDictionary[Future[Any], Callable[[Any], None]] = (
             weakref.WeakKeyDictionary()
         )
         self._changed = threading.Condition()
 
-    def track(
-        self,
-        future: Future[Any],
-        ref: Any,
-        settle: Callable[[Any], None] | None = None,
-    ) -> None:
-        """`future` now waits on `ref` (a Ray task, or a Job of ours);
-        `settle(outcome)` completes it from the task's outcome (or its Ray
-        error), at most once whoever calls it (its completion callback too)."""
+    def track(self, future: Future[Any], ref: Any) -> None:
+        """`future` now waits on `ref` (a Ray task, or a Job of ours)."""
         if self.active:
             with self._changed:
                 self._refs[future] = ref
-                if settle is not None:
-                    self._settle[future] = settle
                 self._changed.notify_all()
 
     def told(self) -> None:
@@ -74,11 +71,13 @@ class RefWaits:
         settle it, rather than `ray.wait` and then wait for Ray's callback
         thread to run its completion (a hop per job). False: not such a job
         (or no task yet), or not done yet (its run again was started)."""
+        if self._fetched is None or not isinstance(future, Job):
+            return False
         with self._changed:
             if future.done():
                 return True
-            settle, ref = self._settle.get(future), self._refs.get(future)
-        if settle is None or ref is None:
+            ref = self._refs.get(future)
+        if ref is None or isinstance(ref, Job):
             return False
         try:
             outcome = ray.get(ref, timeout=timeout)
@@ -86,7 +85,7 @@ class RefWaits:
             return True  # `timeout` passed: the caller sees it not done
         except RayError as exc:
             outcome = exc  # what its completion callback is given too
-        settle(outcome)
+        self._fetched(future, ref, outcome)
         return future.done()
 
     def wait_any(self, futures: Sequence[Future[Any]], timeout: float | None) -> None:

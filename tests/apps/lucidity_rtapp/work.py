@@ -93,6 +93,21 @@ def sleep(seconds: float) -> float:
 
 
 @job
+def tracked_after(n: int) -> int:
+    """On Ray: wait on `n` nested jobs in turn, then count the futures the
+    worker's engine still tracks (none: each job's entry goes with it)."""
+    import gc
+
+    from lucidity.ray import get_engine
+    from lucidity_rtapp.work_jobs import square_remote_async
+
+    for i in range(n):
+        assert square_remote_async(i).await_get() == i * i
+    gc.collect()
+    return len(get_engine()._waits._refs)
+
+
+@job
 def wait_on_sleep(seconds: float) -> float:
     """A nested parent that only waits: its child sleeps."""
     from lucidity_rtapp.work_jobs import sleep_remote_async
