@@ -1,9 +1,7 @@
 """The fanout driver: one function run over many items, on any engine.
 
 `fanout` sends the items in batches through `Engine.submit_batch`, sized by
-`ChunkSizer` to run about CHUNK_TARGET_S each where they run (of their items'
-own time: what they wait on nested jobs, as the engine reports it, does not
-count, up to CHUNK_WALL_MAX_S a batch), at most
+`lucidity.chunks.ChunkSizer` from what the engine reports of each, at most
 FANOUT_WINDOW_PER_SLOT batches in flight per slot of the engine's nodes, the
 rest read from the (maybe lazy) input as results come back. Results come
 back in input order; on a failure nothing more is submitted, what is out
@@ -19,8 +17,9 @@ so a fanout inside a job does not hold its CPU.
 the same run, each result yielded as soon as those before it are, more of
 the input read and sent as the consumer takes them.
 
-This module owns the chunking, the window and the order of a fanout. It is
-engine-neutral: it uses only `lucidity.engine.Engine` (`submit_batch`,
+This module owns the window, the order and the failures of a fanout (the
+sizing of its batches is `lucidity.chunks`'s). It is engine-neutral: it uses
+only `lucidity.engine.Engine` (`submit_batch`,
 `nodes`), never an engine's own modules or wire formats.
 """
 
@@ -37,6 +36,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from lucidity._options import JobOptions
+from lucidity.chunks import ChunkSizer
 from lucidity.engine import BatchResult, Engine, Target, target_name
 from lucidity.errors import JobCancelledError
 from lucidity.handle import blocking, hooked_wait, wait_hook
@@ -44,12 +44,7 @@ from lucidity.printer import settle
 from lucidity.progress import FanoutProgress
 
 __all__ = [
-    "CHUNK_MAX_ITEMS",
-    "CHUNK_MIN_ITEMS",
-    "CHUNK_TARGET_S",
-    "CHUNK_WALL_MAX_S",
     "FANOUT_WINDOW_PER_SLOT",
-    "ChunkSizer",
     "SendBatch",
     "fanout",
     "fanout_iter",
@@ -58,65 +53,6 @@ __all__ = [
 # Batches of one fanout in flight per slot of the cluster; the rest stream in
 # as results come back.
 FANOUT_WINDOW_PER_SLOT = 4
-# A batch is sized to run about this long where it runs: long enough that the
-# cost of a message (~0.1-0.5 ms) is noise, short enough to balance nodes.
-CHUNK_TARGET_S = 0.02
-# ...and never more items than this in one batch; fewer than CHUNK_MIN_ITEMS
-# go one per batch (a small fanout stays spread out).
-CHUNK_MAX_ITEMS = 8192
-CHUNK_MIN_ITEMS = 4
-# Items that wait on nested jobs (their slot or CPU lent meanwhile) are
-# sized by their own time, less the wait, but a batch of them still runs its
-# items one after another: it is held to about this long where it runs (or
-# CHUNK_TARGET_S, if longer).
-CHUNK_WALL_MAX_S = 0.25
-
-
-class ChunkSizer:
-    """How many fanout items go in the next batch.
-
-    Until a batch has come back nothing is known about the job's cost, so
-    items go one per batch (a window of them: a slow job is spread over every
-    node at once). Then batches are sized from the measured time per item, as
-    the engine reports it, to take about CHUNK_TARGET_S of the items' own
-    time: what they waited on nested jobs does not count (a nested parent's
-    own work is its submissions), but a batch is held to CHUNK_WALL_MAX_S
-    where it runs. When the number of items left is known, no batch takes
-    more than its share of the tail.
-    """
-
-    __slots__ = ("per_item_s", "wall_per_item_s")
-
-    def __init__(self) -> None:
-        # Own time per item (elapsed less waited), and elapsed time per item.
-        self.per_item_s: float | None = None
-        self.wall_per_item_s = 0.0
-
-    def observe(self, count: int, elapsed_s: float, waited_s: float = 0.0) -> None:
-        if count <= 0:
-            return
-        own = max(elapsed_s - waited_s, 0.0) / count
-        wall = elapsed_s / count
-        last = self.per_item_s
-        if last is None:
-            self.per_item_s, self.wall_per_item_s = own, wall
-        else:
-            self.per_item_s = (last + own) / 2
-            self.wall_per_item_s = (self.wall_per_item_s + wall) / 2
-
-    def size(self, left: int | None, slots: int) -> int:
-        if self.per_item_s is None:
-            return 1
-        size = int(CHUNK_TARGET_S / max(self.per_item_s, 1e-9))
-        wall = max(CHUNK_WALL_MAX_S, CHUNK_TARGET_S)  # it binds waiting items only
-        size = min(size, int(wall / max(self.wall_per_item_s, 1e-9)))
-        if left is not None:
-            size = min(size, -(-left // (2 * slots)))
-        if size < CHUNK_MIN_ITEMS:
-            return 1  # a batch of 2 or 3 saves little and costs the spread
-        return min(size, CHUNK_MAX_ITEMS)
-
-
 # Where a fanout's first batch goes (round-robin): fanouts in turn start on
 # different nodes.
 _starts = itertools.count()

@@ -265,11 +265,11 @@ def test_node_killed_mid_chunk_runs_the_chunk_again_elsewhere(
 ) -> None:
     """Chunks of many items (about 1 s each): a node SIGKILLed halfway through
     one loses the whole chunk, which runs again on the other node."""
-    from lucidity import fanout as driver
+    from lucidity import chunks
     from lucidity.cluster.client import get_client
 
     _, nodes = cluster.start(2)
-    monkeypatch.setattr(driver, "CHUNK_TARGET_S", 1.0)
+    monkeypatch.setattr(chunks, "CHUNK_TARGET_S", 1.0)
     client = get_client()
     sent: list[tuple[str, list[int]]] = []  # (node, the chunk's items)
     real = client.submit

@@ -79,7 +79,7 @@ def test_the_scheduler_policy_does_no_io() -> None:
 
 
 # Written against `lucidity.engine` only: they never import an engine's modules.
-ENGINE_NEUTRAL = ("_stubs", "engine", "fanout", "executor", "joblib")
+ENGINE_NEUTRAL = ("_stubs", "engine", "fanout", "chunks", "executor", "joblib")
 
 
 @pytest.mark.parametrize("module", ENGINE_NEUTRAL)

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from lucidity import fanout as driver
+from lucidity import chunks as sizing
+from lucidity.chunks import ChunkSizer as _ChunkSizer
 from lucidity.cluster.client import get_client
 from lucidity.errors import FuelExhaustedError, RemoteTraceback
-from lucidity.fanout import ChunkSizer as _ChunkSizer
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_fuel_is_a_budget_per_item_of_a_chunk(
 ) -> None:
     # Long chunks: 8 items of 50 ms CPU share one message, 400 ms of CPU in
     # all, over the job's fuel of 2 (200 ms), yet each item is within it.
-    monkeypatch.setattr(driver, "CHUNK_TARGET_S", 10.0)
+    monkeypatch.setattr(sizing, "CHUNK_TARGET_S", 10.0)
     items = [0.05] * 40
     assert all(n > 0 for n in app.spin_remote_fanout(items))
     assert max(chunks) * 0.05 > 0.2
@@ -78,7 +78,7 @@ def test_items_that_wait_on_nested_jobs_share_a_chunk(
     # its own: many share a message (Ray's nested rate is bound by its cost
     # per task). A job that sleeps 20 ms itself keeps one item per message.
     assert app.wait_on_sleep_remote_fanout([0.02] * 120) == [0.02] * 120
-    assert max(chunks) >= driver.CHUNK_MIN_ITEMS, chunks
+    assert max(chunks) >= sizing.CHUNK_MIN_ITEMS, chunks
     chunks.clear()
     assert app.sleep_remote_fanout([0.02] * 40) == [0.02] * 40
     assert set(chunks) == {1}, chunks
@@ -89,7 +89,7 @@ def test_a_chunk_of_waiting_items_is_held_to_its_wall_time() -> None:
     # 10 ms an item, 9.5 of them waiting on nested jobs: sized by the 0.5 ms
     # of its own (40 items for 20 ms), held to CHUNK_WALL_MAX_S (25 items).
     sizer.observe(10, 0.1, 0.095)
-    assert sizer.size(None, 2) == int(driver.CHUNK_WALL_MAX_S / 0.01)
+    assert sizer.size(None, 2) == int(sizing.CHUNK_WALL_MAX_S / 0.01)
     alone = _ChunkSizer()
     alone.observe(10, 0.1, 0.0)  # the same 10 ms, its own: one per chunk
     assert alone.size(None, 2) == 1
@@ -99,11 +99,11 @@ def test_chunk_size_follows_the_measured_cost_of_an_item() -> None:
     sizer = _ChunkSizer()
     assert sizer.size(None, 2) == 1  # nothing known yet: one item per chunk
     sizer.observe(100, 0.001)  # 10 us per item
-    target = int(driver.CHUNK_TARGET_S / 1e-5)
-    assert sizer.size(None, 2) == min(target, driver.CHUNK_MAX_ITEMS)
+    target = int(sizing.CHUNK_TARGET_S / 1e-5)
+    assert sizer.size(None, 2) == min(target, sizing.CHUNK_MAX_ITEMS)
     assert sizer.size(40, 2) == 10  # a share of the tail: left / (2 x slots)
     sizer.observe(2, 2.0)  # slow items now: chunks shrink to one
     assert sizer.size(None, 2) == 1
     fast = _ChunkSizer()
     fast.observe(10, 0.0)
-    assert fast.size(10**9, 1) == driver.CHUNK_MAX_ITEMS  # a bounded message
+    assert fast.size(10**9, 1) == sizing.CHUNK_MAX_ITEMS  # a bounded message

@@ -103,9 +103,9 @@ def test_random_fanout_places_at_random(
 ) -> None:
     # One item per message, or chunking alone would break the alternation of
     # a strict round-robin: each item's node is then a placement of its own.
-    from lucidity import fanout as driver
+    from lucidity import chunks
 
-    monkeypatch.setattr(driver, "CHUNK_MIN_ITEMS", 10**9)
+    monkeypatch.setattr(chunks, "CHUNK_MIN_ITEMS", 10**9)
     client = get_client()
     sizes: list[int] = []
     real = client.submit

@@ -41,6 +41,7 @@ import lucidity
 from lucidity import _stubs
 from lucidity._options import validate_options
 from lucidity.bundle import Bundle, BundleTooLargeError, build_bundle
+from lucidity.chunks import CHUNK_MAX_ITEMS
 from lucidity.cluster.client.core import (
     INIT_ATTEMPTS,
     SILENT_CHECKS,
@@ -48,7 +49,7 @@ from lucidity.cluster.client.core import (
     get_client,
 )
 from lucidity.cluster.security import default_keys
-from lucidity.fanout import CHUNK_MAX_ITEMS, FANOUT_WINDOW_PER_SLOT
+from lucidity.fanout import FANOUT_WINDOW_PER_SLOT
 
 WAIT_S = 20.0
 RTAPP = "lucidity_rtapp.work"

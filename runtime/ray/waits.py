@@ -30,9 +30,7 @@ class RefWaits:
     one changes or a future ends."""
 
     def __init__(
-        self,
-        active: bool = True,
-        fetched: Callable[[Job[Any], Any, Any], None] | None = None,
+        self, active: bool, fetched: Callable[[Job[Any], Any, Any], None]
     ) -> None:
         # Only a Ray worker's waits go through here (the wait hook its task
         # set): elsewhere tracking would cost every job a lock and a notify.
@@ -71,7 +69,7 @@ class RefWaits:
         settle it, rather than `ray.wait` and then wait for Ray's callback
         thread to run its completion (a hop per job). False: not such a job
         (or no task yet), or not done yet (its run again was started)."""
-        if self._fetched is None or not isinstance(future, Job):
+        if not isinstance(future, Job):
             return False
         with self._changed:
             if future.done():
